@@ -1,0 +1,285 @@
+"""The job spec: what a researcher writes in YAML, validated into typed pydantic models.
+
+This is a contract shared by the CLI, the dashboard, the dispatcher and the trainers. Every
+error a user sees names the field path, the bad value, what is allowed, and the YAML line.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from jobs.limits import LIMITS
+from jobs.model_params import PARAMS_BY_MODEL, Params
+from jobs.spec_errors import FieldError, SpecError, describe_error, format_validation_error
+from jobs.yaml_source import YamlSource, parse_yaml
+
+DATASETS = ("digits", "mnist", "binarized_mnist", "fashion_mnist", "cifar10", "image_folder")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _model_variant(model_type: str, params: type[Params]) -> type[Section]:
+    return create_model(
+        f"{model_type.title().replace('_', '')}Model",
+        __base__=Section,
+        type=(Literal[model_type], ...),  # type: ignore[valid-type]
+        params=(params, Field(default_factory=params)),
+    )
+
+
+MODEL_VARIANTS = {name: _model_variant(name, cls) for name, cls in PARAMS_BY_MODEL.items()}
+ModelSpec = Annotated[Union[tuple(MODEL_VARIANTS.values())], Field(discriminator="type")]  # noqa: UP007
+
+
+class DataSpec(Section):
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    root: str | None = Field(
+        None, description="folder under GENFLEET_DATA_DIR (default: a per-dataset cache folder)"
+    )
+    download: bool = False
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    image_size: int = Field(32, ge=4, le=256, description="image_folder only: resize to this")
+    grayscale: bool = Field(False, description="image_folder only: convert to one channel")
+
+    @field_validator("root")
+    @classmethod
+    def _root_stays_inside_data_dir(cls, root: str | None) -> str | None:
+        if root is None:
+            return None
+        path = PurePosixPath(root)
+        if path.is_absolute() or ".." in path.parts or "\\" in root:
+            raise ValueError("must be a relative folder under GENFLEET_DATA_DIR, without '..'")
+        return root
+
+
+class TrainSpec(Section):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(0.001, gt=0.0, le=10.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_decay: float = Field(
+        0.9995, gt=0.0, le=1.0, description="exponential schedule: lr factor applied every step"
+    )
+    grad_clip: float | None = Field(None, gt=0.0, description="max global grad norm")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_every: int = Field(1, ge=1, description="epochs")
+    sample_every: int = Field(1, ge=1, description="epochs; fixed seed, grids compare")
+    num_samples: int = Field(64, ge=1)
+    checkpoint_every: int = Field(1, ge=1, description="epochs")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for quick runs")
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_within_limit(cls, epochs: int) -> int:
+        if epochs > LIMITS.max_epochs:
+            raise ValueError(f"must be <= {LIMITS.max_epochs} (GENFLEET_MAX_EPOCHS)")
+        return epochs
+
+    @field_validator("num_samples")
+    @classmethod
+    def _samples_within_limit(cls, num_samples: int) -> int:
+        if num_samples > LIMITS.max_samples:
+            raise ValueError(f"must be <= {LIMITS.max_samples} (GENFLEET_MAX_SAMPLES)")
+        return num_samples
+
+
+class ScalingSpec(Section):
+    num_workers: int = Field(1, ge=1, le=1024)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=1024)
+    gpus_per_worker: float = Field(1.0, gt=0.0, le=16)
+    max_failures: int = Field(2, ge=0, le=100, description="Ray Train restarts from checkpoint")
+
+    @property
+    def cpus(self) -> float:
+        return self.num_workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return self.num_workers * self.gpus_per_worker if self.use_gpu else 0.0
+
+
+class Choice(Section):
+    choice: list[Any] = Field(min_length=1)
+
+
+class Grid(Section):
+    grid: list[Any] = Field(min_length=1)
+
+
+class Uniform(Section):
+    uniform: tuple[float, float]
+
+
+class LogUniform(Section):
+    loguniform: tuple[float, float]
+
+
+class RandInt(Section):
+    randint: tuple[int, int]
+
+
+SearchDomain = Choice | Grid | Uniform | LogUniform | RandInt
+
+
+class SweepSpec(Section):
+    metric: str = "val_bits_per_dim"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(8, ge=1, le=10000)
+    max_concurrent: int = Field(2, ge=1, le=1024)
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    space: dict[str, SearchDomain] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _domains_fit_search(self) -> SweepSpec:
+        for key, domain in self.space.items():
+            bounds = getattr(domain, "uniform", None) or getattr(domain, "loguniform", None)
+            bounds = bounds or getattr(domain, "randint", None)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"space.{key}: lower bound must be < upper, got {list(bounds)}")
+            if isinstance(domain, LogUniform) and domain.loguniform[0] <= 0:
+                raise ValueError(f"space.{key}.loguniform: bounds must be > 0")
+            if self.search == "optuna" and isinstance(domain, Grid):
+                raise ValueError(f"space.{key}: grid is not supported by search: optuna")
+            if self.search == "grid" and not isinstance(domain, Grid | Choice):
+                raise ValueError(f"space.{key}: search: grid needs grid or choice domains")
+        return self
+
+
+class JobSpec(Section):
+    name: str = Field("job", min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][\w.\- ]*$")
+    kind: Literal["train", "sweep"] = "train"
+    priority: int = Field(5, ge=0, le=9, description="higher runs first; FIFO within one")
+    max_attempts: int = Field(3, ge=1, le=100, description="claims before dead-lettering")
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    sweep: SweepSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.kind == "sweep" and self.sweep is None:
+            raise ValueError("sweep: required when kind is sweep")
+        if self.kind == "train" and self.sweep is not None:
+            raise ValueError("sweep: only allowed when kind is sweep")
+        if self.train.precision == "bf16" and not self.scaling.use_gpu:
+            raise ValueError("train.precision: bf16 needs scaling.use_gpu: true")
+        if self.scaling.num_workers > LIMITS.max_workers:
+            raise ValueError(
+                f"scaling.num_workers: must be <= {LIMITS.max_workers} (GENFLEET_MAX_WORKERS)"
+            )
+        return self
+
+    @property
+    def model_type(self) -> str:
+        return self.model.type
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def validate_spec_dict(data: Any, source: YamlSource | None = None) -> JobSpec:
+    """Validate a parsed spec; raise SpecError listing every problem with field and line."""
+    if not isinstance(data, dict):
+        raise SpecError([FieldError("", f"a spec must be a mapping, got {type(data).__name__}")])
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+    if spec.sweep is not None:
+        errors = _check_search_space(data, spec.sweep)
+        if errors:
+            raise SpecError([error.located(source) for error in errors])
+    return spec
+
+
+def load_spec_text(text: str | bytes, source_name: str = "<spec>") -> JobSpec:
+    """Parse YAML text (safe loader, no aliases, size-limited) and validate it."""
+    data, source = parse_yaml(text, source_name)
+    try:
+        return validate_spec_dict(data, source)
+    except SpecError as exc:
+        raise exc.with_source(source_name) from None
+
+
+def _check_search_space(data: dict[str, Any], sweep: SweepSpec) -> list[FieldError]:
+    """Each space key must name a real spec field, and every value it can take must be valid."""
+    errors: list[FieldError] = []
+    base = {key: value for key, value in data.items() if key not in ("sweep", "kind")}
+    for key, domain in sweep.space.items():
+        path = key.split(".")
+        field = f"sweep.space.{key}"
+        if not _is_tunable_path(data, path):
+            errors.append(FieldError(field, "does not name a tunable field of this spec"))
+            continue
+        for label, value in _domain_values(domain):
+            trial = copy.deepcopy(base)
+            _set_path(trial, path, value)
+            try:
+                JobSpec.model_validate(trial)
+            except ValidationError as exc:
+                reason = describe_error(exc.errors()[0])
+                errors.append(FieldError(f"{field}.{label}", reason))
+    return errors
+
+
+def _is_tunable_path(data: dict[str, Any], path: list[str]) -> bool:
+    if path[:2] == ["model", "params"] and len(path) == 3:
+        model_type = data.get("model", {}).get("type")
+        params_cls = PARAMS_BY_MODEL.get(model_type or "")
+        return params_cls is not None and path[2] in params_cls.model_fields
+    sections = {"train": TrainSpec, "data": DataSpec, "scaling": ScalingSpec}
+    return len(path) == 2 and path[0] in sections and path[1] in sections[path[0]].model_fields
+
+
+def _domain_values(domain: SearchDomain) -> list[tuple[str, Any]]:
+    if isinstance(domain, Choice | Grid):
+        values = domain.choice if isinstance(domain, Choice) else domain.grid
+        name = "choice" if isinstance(domain, Choice) else "grid"
+        return [(f"{name}[{i}]", value) for i, value in enumerate(values)]
+    name, (low, high) = next(iter(domain.model_dump().items()))
+    if name == "randint":  # Tune's randint excludes the upper bound
+        return [(f"{name}[0]", low), (f"{name}[1]", high - 1)]
+    return [(f"{name}[0]", low), (f"{name}[1]", high)]
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def apply_overrides(spec: JobSpec, overrides: dict[str, Any]) -> JobSpec:
+    """A copy of `spec` with dotted-path values set (a sweep trial's config), revalidated."""
+    data = spec.model_dump(mode="json")
+    data.pop("sweep", None)
+    data["kind"] = "train"
+    for key, value in overrides.items():
+        _set_path(data, key.split("."), _plain(value))
+    return JobSpec.model_validate(data)
+
+
+def _plain(value: Any) -> Any:
+    """Tune hands numpy scalars; pydantic wants Python numbers."""
+    return value.item() if hasattr(value, "item") else value

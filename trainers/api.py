@@ -1,0 +1,92 @@
+"""What every model in the zoo is to the training loop, the samplers and the metrics.
+
+Images travel as integer levels, `(B, C, H, W)` int64 in `[0, levels)`, so that every
+likelihood is exact over the data's own discrete values (17 grey levels for `digits`, 256 for
+MNIST/CIFAR-10, 2 for binarized MNIST). Models turn them into floats themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from jobs.model_params import Params
+
+Objective = Literal["exact_likelihood", "elbo", "reconstruction", "adversarial"]
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    channels: int
+    height: int
+    width: int
+    levels: int  # discrete values per sub-pixel
+
+    @property
+    def dims(self) -> int:
+        """Sub-pixels per image: the denominator of bits/dim."""
+        return self.channels * self.height * self.width
+
+
+def to_unit_range(images: Tensor, levels: int) -> Tensor:
+    """Integer levels (B, C, H, W) -> floats in [-1, 1], the range every model consumes."""
+    return images.float() * (2.0 / (levels - 1)) - 1.0
+
+
+def nats_to_bits_per_dim(nats_per_image: Tensor | float, dims: int) -> Tensor | float:
+    return nats_per_image / (dims * math.log(2.0))
+
+
+class GenerativeModel(nn.Module):
+    """Base of every model: one `forward` that returns per-image loss terms.
+
+    The training loop calls the module (so DDP hooks run) once per phase and minimises the mean
+    of `out["loss"]`. Likelihood models also return `nll_nats`: the exact negative
+    log-likelihood of each image in nats, which the loop sums over the evaluation set and turns
+    into bits/dim. Every other per-image term (keys ending in `_nats` are nats per image) is
+    averaged over the evaluation set and reported as `val_<key>`.
+    """
+
+    name: ClassVar[str]
+    objective: ClassVar[Objective]
+    phases: ClassVar[tuple[str, ...]] = ("train",)
+    uses_ema: ClassVar[bool] = False  # evaluate and sample with an EMA of the weights
+
+    def __init__(self, params: Params, shape: ImageShape, num_classes: int) -> None:
+        super().__init__()
+        self.params = params
+        self.shape = shape
+        self.num_classes = num_classes
+
+    def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        """Parameters the optimizer of `phase` updates (a GAN has one per network)."""
+        del phase
+        return self.parameters()
+
+    @torch.no_grad()
+    def evaluate(self, images: Tensor, labels: Tensor, final: bool = False) -> dict[str, Tensor]:
+        """Per-image metrics over one evaluation batch; `final` asks for the costly ones."""
+        del final
+        out = self(images, labels)
+        return {key: value.detach() for key, value in out.items()}
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """`len(labels)` new images (N, C, H, W) int64 levels, all randomness from `generator`."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def visuals(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Extra grids beside samples (reconstructions, interpolations, completions), as levels."""
+        del images, labels, generator
+        return {}
