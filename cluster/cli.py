@@ -1,0 +1,36 @@
+"""The `genfleet` command line.
+
+Exit codes: 0 success, 1 invalid input (a spec, a value), 2 usage or unknown job, 3 a service
+(Redis, Ray) cannot be reached, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cluster import cli_jobs, cli_local, cli_stack
+from cluster.cli_errors import friendly_errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genfleet",
+        description="Train generative image models from a durable Redis queue on Ray.",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (cli_jobs, cli_local, cli_stack):
+        module.register(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with friendly_errors() as outcome:
+        outcome.code = args.handler(args)
+    return outcome.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

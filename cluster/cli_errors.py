@@ -1,0 +1,55 @@
+"""Turn the errors users cause into one clear line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from jobs.errors import InvalidTransition, JobNotFound
+from rich.console import Console
+
+from jobs.spec_errors import SpecError
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; the message says what would be valid."""
+
+    exit_code = EXIT_INVALID
+
+
+@dataclass
+class Outcome:
+    code: int = 0
+
+
+@contextmanager
+def friendly_errors() -> Iterator[Outcome]:
+    outcome = Outcome()
+    try:
+        yield outcome
+    except SpecError as exc:
+        stderr.print(f"[red]invalid spec[/red]\n{exc}", markup=True)
+        outcome.code = EXIT_INVALID
+    except JobNotFound as exc:
+        stderr.print(f"error: {exc}")
+        outcome.code = EXIT_USAGE
+    except (InvalidTransition, UserError) as exc:
+        stderr.print(f"error: {exc}")
+        outcome.code = getattr(exc, "exit_code", EXIT_INVALID)
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+        stderr.print(f"error: cannot reach Redis ({exc}); check GENFLEET_REDIS_URL")
+        outcome.code = EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        outcome.code = EXIT_INTERRUPTED
+    sys.stdout.flush()

@@ -1,0 +1,263 @@
+"""`genfleet` commands that read and change jobs in the queue: no Ray needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.records import JobRecord, JobStatus
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from cluster.cli_errors import EXIT_INVALID, UserError, stderr
+from jobs.settings import Settings
+from jobs.spec import JobSpec, load_spec_text
+from jobs.spec_errors import SpecError
+
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser("validate", help="check spec files; print every error")
+    command.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.set_defaults(handler=validate)
+
+    command = subcommands.add_parser("schema", help="print the spec's JSON Schema")
+    command.set_defaults(handler=schema)
+
+    command = subcommands.add_parser("submit", help="queue a spec; prints the job id")
+    command.add_argument("file", type=Path, metavar="FILE")
+    command.add_argument("--priority", type=int, choices=range(10), metavar="0-9")
+    command.add_argument("--idempotency-key", help="resubmitting with it returns the same job")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=submit)
+
+    command = subcommands.add_parser("list", help="list jobs, newest first")
+    command.add_argument("--status", choices=[status.value for status in JobStatus])
+    command.add_argument("--model")
+    command.add_argument("--kind", choices=["train", "sweep"])
+    command.add_argument("--limit", type=int, default=50)
+    command.add_argument("--offset", type=int, default=0)
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=list_jobs)
+
+    command = subcommands.add_parser("status", help="a job's record, progress and events")
+    command.add_argument("job_id", metavar="JOB")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=status)
+
+    for name, handler, text in (
+        ("cancel", cancel, "cancel a queued job now, or ask a running one to stop"),
+        ("retry", retry, "put a failed, dead or cancelled job back in the queue"),
+    ):
+        command = subcommands.add_parser(name, help=text)
+        command.add_argument("job_id", metavar="JOB")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(handler=handler)
+
+    command = subcommands.add_parser("priority", help="change a queued job's priority")
+    command.add_argument("job_id", metavar="JOB")
+    command.add_argument("priority", type=int, choices=range(10), metavar="0-9")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=set_priority)
+
+    command = subcommands.add_parser("logs", help="a job's log lines")
+    command.add_argument("job_id", metavar="JOB")
+    command.add_argument("--tail", type=int, default=200)
+    command.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    command.set_defaults(handler=logs)
+
+    command = subcommands.add_parser("samples", help="write a job's sample grids as PNG files")
+    command.add_argument("job_id", metavar="JOB")
+    command.add_argument("--out", type=Path, required=True, metavar="DIR")
+    command.set_defaults(handler=samples)
+
+
+def open_queue() -> tuple[Any, Any]:
+    """The queue and store on the configured Redis (starting the embedded one if needed)."""
+    from jobs.queue import JobQueue
+    from jobs.redis_server import connect
+    from jobs.store import JobStore
+
+    settings = Settings.from_env()
+    client = connect(settings)
+    return JobQueue(client, settings.prefix), JobStore(client, settings.prefix)
+
+
+def read_spec(path: Path) -> JobSpec:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    return load_spec_text(text, str(path))
+
+
+def validate(args: argparse.Namespace) -> int:
+    problems: list[dict[str, Any]] = []
+    for path in args.files:
+        try:
+            read_spec(path)
+        except SpecError as exc:
+            problems.extend(exc.as_json())
+            if not args.json:
+                stderr.print(str(exc))
+        except UserError as exc:
+            problems.append({"source": str(path), "field": "", "line": None, "message": str(exc)})
+            if not args.json:
+                stderr.print(str(exc))
+    if args.json:
+        print(json.dumps({"valid": not problems, "errors": problems}, indent=2))
+    elif not problems:
+        stdout.print(f"{len(args.files)} spec(s) valid")
+    return EXIT_INVALID if problems else 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    del args
+    print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    spec = read_spec(args.file)
+    queue, _ = open_queue()
+    job_id = queue.submit(spec, idempotency_key=args.idempotency_key, priority=args.priority)
+    if args.json:
+        print(json.dumps({"job_id": job_id}))
+    else:
+        print(job_id)
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    _, store = open_queue()
+    page = store.list_jobs(
+        status=args.status, model=args.model, kind=args.kind, offset=args.offset, limit=args.limit
+    )
+    if args.json:
+        print(json.dumps({"total": page.total, "jobs": [_summary(r) for r in page.records]}))
+        return 0
+    table = Table("id", "name", "model", "kind", "status", "prio", "tries", "progress", "val bpd")
+    for record in page.records:
+        row = _summary(record)
+        table.add_row(
+            row["id"], row["name"], row["model"], row["kind"], row["status"],
+            str(row["priority"]), str(row["attempts"]), row["progress"], row["val_bits_per_dim"],
+        )  # fmt: skip
+    stdout.print(table)
+    stdout.print(f"{len(page.records)} of {page.total} job(s)")
+    return 0
+
+
+def _summary(record: JobRecord) -> dict[str, Any]:
+    progress = record.progress or {}
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    bpd = progress.get("val_bits_per_dim")
+    return {
+        "id": record.id,
+        "name": record.name,
+        "model": record.model_type,
+        "kind": record.kind,
+        "status": str(record.status.value),
+        "priority": record.priority,
+        "attempts": record.attempts,
+        "progress": f"{epoch}/{epochs}" if epoch is not None else "",
+        "val_bits_per_dim": f"{bpd:.3f}" if isinstance(bpd, int | float) else "",
+    }
+
+
+def status(args: argparse.Namespace) -> int:
+    _, store = open_queue()
+    record = store.get(args.job_id)
+    events = store.events(args.job_id)
+    if args.json:
+        body = {**record.to_dict(), "events": [event.to_dict() for event in events]}
+        print(json.dumps(body, default=str))
+        return 0
+    stdout.print(f"[bold]{record.id}[/bold]  {record.name}  ({record.kind}, {record.model_type})")
+    stdout.print(
+        f"status: {record.status.value}   attempts: {record.attempts}/{record.max_attempts}"
+    )
+    if record.pending_reason and record.status == JobStatus.queued:
+        stdout.print(f"waiting: {record.pending_reason}")
+    progress = record.progress or {}
+    if progress.get("epochs"):
+        bar = ProgressBar(total=progress["epochs"], completed=progress.get("epoch", 0), width=30)
+        stdout.print(bar, f" epoch {progress.get('epoch', 0)}/{progress['epochs']}", end="")
+        bpd = progress.get("val_bits_per_dim")
+        stdout.print(f"   val bits/dim {bpd:.4f}" if isinstance(bpd, int | float) else "")
+    if record.last_error:
+        stdout.print(f"[red]last error:[/red] {record.last_error}")
+    for event in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts))
+        stdout.print(f"  {stamp}  {event.status:<10} {event.message}")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    queue, _ = open_queue()
+    new_status = queue.cancel(args.job_id)
+    return _print_status(args, new_status)
+
+
+def retry(args: argparse.Namespace) -> int:
+    queue, _ = open_queue()
+    queue.retry(args.job_id)
+    return _print_status(args, JobStatus.queued)
+
+
+def set_priority(args: argparse.Namespace) -> int:
+    queue, _ = open_queue()
+    queue.set_priority(args.job_id, args.priority)
+    if args.json:
+        print(json.dumps({"job_id": args.job_id, "priority": args.priority}))
+    else:
+        print(f"{args.job_id}: priority {args.priority}")
+    return 0
+
+
+def _print_status(args: argparse.Namespace, new_status: JobStatus) -> int:
+    if args.json:
+        print(json.dumps({"job_id": args.job_id, "status": new_status.value}))
+    else:
+        print(f"{args.job_id}: {new_status.value}")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    _, store = open_queue()
+    lines = store.logs(args.job_id, tail=args.tail)
+    for line in lines:
+        print(line)
+    if not args.follow:
+        return 0
+    printed = store.log_length(args.job_id)
+    while True:
+        sys.stdout.flush()
+        record = store.get(args.job_id)
+        new_lines = store.logs_since(args.job_id, printed)
+        for line in new_lines:
+            print(line)
+        printed += len(new_lines)
+        if record.status.is_final and not new_lines:
+            return 0
+        time.sleep(1.0)
+
+
+def samples(args: argparse.Namespace) -> int:
+    _, store = open_queue()
+    store.get(args.job_id)  # a clear error for an unknown job before creating folders
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for ref in store.list_images(args.job_id):
+        path = args.out / f"{ref.name}-epoch{ref.epoch:03d}.png"
+        path.write_bytes(store.get_image(args.job_id, ref.name, ref.epoch))
+        written += 1
+    print(f"wrote {written} PNG file(s) to {args.out}")
+    return 0

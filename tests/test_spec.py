@@ -1,0 +1,196 @@
+"""The job spec contract: examples are valid, bad specs name the field, the value and the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs.model_params import PARAMS_BY_MODEL
+from jobs.spec import JobSpec, apply_overrides, load_spec_text, validate_spec_dict
+from jobs.spec_errors import SpecError
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "jobs" / "examples").glob("*.yaml"))
+MINIMAL = {"model": {"type": "pixelcnn"}, "data": {"dataset": "digits"}}
+
+
+def errors_of(data: object) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        validate_spec_dict(data)
+    return [str(error) for error in caught.value.errors]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_spec_is_valid_and_shows_its_command(path: Path) -> None:
+    text = path.read_text()
+    spec = load_spec_text(text, str(path))
+    assert text.splitlines()[0] == f"# genfleet submit jobs/examples/{path.name}"
+    assert spec.name
+
+
+def test_examples_cover_every_model_and_a_sweep() -> None:
+    specs = [load_spec_text(path.read_text()) for path in EXAMPLES]
+    assert {spec.model.type for spec in specs} == set(PARAMS_BY_MODEL)
+    assert any(spec.kind == "sweep" for spec in specs)
+
+
+def test_defaults_fill_everything_but_model_type_and_dataset() -> None:
+    spec = validate_spec_dict(MINIMAL)
+    assert spec.kind == "train"
+    assert spec.priority == 5
+    assert spec.max_attempts == 3
+    assert spec.train.epochs == 5 and spec.train.lr == 0.001
+    assert spec.scaling.num_workers == 1 and spec.scaling.max_failures == 2
+    assert spec.model.params.layers == 5 and spec.model.params.channels == 32
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"train": {"lr": -0.1}}, "train.lr: must be > 0, got -0.1"),
+        ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+        ({"priority": 10}, "priority: must be <= 9, got 10"),
+        ({"model": {"type": "pixelcnn", "params": {"chanels": 3}}}, "model.params.chanels: unknown key"),
+        ({"model": {"type": "pixelcnn", "params": {"layers": "many"}}}, "model.params.layers: must be a valid integer"),
+        ({"model": {"type": "vae", "params": {"layers": 3}}}, "model.params.layers: unknown key"),
+        ({"model": {"type": "gan"}}, "model.type: must be one of pixelcnn"),
+        ({"model": {"params": {}}}, "model.type: must be one of pixelcnn"),
+        ({"data": {"dataset": "imagenet"}}, "data.dataset: must be one of 'digits'"),
+        ({"data": {"dataset": "mnist", "root": "../../etc"}}, "data.root: must be a relative folder"),
+        ({"data": {"dataset": "mnist", "root": "/etc"}}, "data.root: must be a relative folder"),
+        ({"train": {"optimizer": "lbfgs"}}, "train.optimizer: must be one of 'adam'"),
+        ({"train": {"precision": "bf16"}}, "train.precision: bf16 needs scaling.use_gpu: true"),
+        ({"scaling": {"num_workers": 0}}, "scaling.num_workers: must be >= 1, got 0"),
+        ({"kind": "sweep"}, "sweep: required when kind is sweep"),
+        ({"sweep": {"space": {"train.lr": {"choice": [0.1]}}}}, "sweep: only allowed when kind is sweep"),
+        ({"runtime_env": {"pip": ["evil"]}}, "runtime_env: unknown key"),
+        ({"name": "../x"}, "name: string should match pattern"),
+    ],
+)  # fmt: skip
+def test_bad_spec_is_rejected_naming_field_and_value(patch: dict, expected: str) -> None:
+    data = {**MINIMAL, **patch}
+    assert any(expected in error for error in errors_of(data)), errors_of(data)
+
+
+def sweep_with(space: dict, search: str = "random") -> dict:
+    return {**MINIMAL, "kind": "sweep", "sweep": {"search": search, "space": space}}
+
+
+@pytest.mark.parametrize(
+    ("space", "search", "expected"),
+    [
+        ({"train.learning_rate": {"choice": [0.1]}}, "random", "sweep.space.train.learning_rate: does not name a tunable field"),
+        ({"model.params.latent_dim": {"choice": [8]}}, "random", "sweep.space.model.params.latent_dim: does not name"),
+        ({"name": {"choice": ["a"]}}, "random", "sweep.space.name: does not name"),
+        ({"train.lr": {"choice": [0.1, -1]}}, "random", "sweep.space.train.lr.choice[1]: must be > 0, got -1"),
+        ({"train.lr": {"loguniform": [0, 0.1]}}, "random", "space.train.lr.loguniform: bounds must be > 0"),
+        ({"train.lr": {"uniform": [0.1, 0.01]}}, "random", "space.train.lr: lower bound must be < upper"),
+        ({"train.batch_size": {"grid": [32]}}, "optuna", "grid is not supported by search: optuna"),
+        ({"train.lr": {"uniform": [0.01, 0.1]}}, "grid", "search: grid needs grid or choice domains"),
+        ({"train.lr": {"between": [1, 2]}}, "random", "sweep.space.train.lr"),
+    ],
+)  # fmt: skip
+def test_bad_search_space_is_rejected(space: dict, search: str, expected: str) -> None:
+    errors = errors_of(sweep_with(space, search))
+    assert any(expected in error for error in errors), errors
+
+
+def test_search_space_values_are_checked_against_the_model_params() -> None:
+    errors = errors_of(sweep_with({"model.params.channels": {"choice": [32, 2]}}))
+    assert errors == ["sweep.space.model.params.channels.choice[1]: must be >= 4, got 2"]
+
+
+def test_errors_carry_the_yaml_line_and_file_name() -> None:
+    text = "name: x\nmodel:\n  type: pixelcnn\n  params:\n    layers: 0\ndata:\n  dataset: digits\n"
+    with pytest.raises(SpecError) as caught:
+        load_spec_text(text, "specs/x.yaml")
+    assert str(caught.value) == "specs/x.yaml: line 5: model.params.layers: must be >= 1, got 0"
+
+
+def test_every_error_is_reported_at_once() -> None:
+    errors = errors_of({**MINIMAL, "train": {"lr": 0, "epochs": -1, "seed": -5}})
+    assert len(errors) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: !!python/object/apply:os.system ['true']", "could not determine a constructor"),
+        ("a: &x [1, 2]\nb: [*x, *x]", "aliases (*name) are not allowed"),
+        ("model: [unclosed", "invalid YAML"),
+        ("", "empty document"),
+        ("- just\n- a list", "a spec must be a mapping, got list"),
+        (b"\xff\xfe not utf-8", "not UTF-8 text"),
+        ("x: " + "a" * 70_000, "the limit is 65536"),
+    ],
+)
+def test_hostile_or_broken_yaml_is_rejected_with_a_clear_error(
+    text: str | bytes, expected: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec_text(text, "in.yaml")
+    assert expected in str(caught.value)
+
+
+def test_billion_laughs_is_rejected_quickly() -> None:
+    lines = ['a0: &a0 "lol"'] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)
+    ]
+    with pytest.raises(SpecError, match="aliases"):
+        load_spec_text("\n".join(lines))
+
+
+def test_sweep_trial_overrides_produce_a_valid_train_spec() -> None:
+    spec = load_spec_text(
+        (Path(__file__).parent.parent / "jobs/examples/pixelcnn_sweep_digits.yaml").read_text()
+    )
+    trial = apply_overrides(
+        spec, {"train.lr": 0.003, "model.params.channels": 16, "train.batch_size": 32}
+    )
+    assert trial.kind == "train" and trial.sweep is None
+    assert (trial.train.lr, trial.model.params.channels, trial.train.batch_size) == (0.003, 16, 32)
+
+
+def test_json_schema_describes_every_model_variant() -> None:
+    schema = JobSpec.model_json_schema()
+    text = yaml.safe_dump(schema)
+    for model_type in PARAMS_BY_MODEL:
+        assert model_type in text
+    assert schema["additionalProperties"] is False
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+SECTIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": JSONISH,
+        "kind": st.sampled_from(["train", "sweep", "other"]) | JSONISH,
+        "priority": st.integers(-3, 12) | JSONISH,
+        "model": st.fixed_dictionaries(
+            {"type": st.sampled_from([*PARAMS_BY_MODEL, "nope"])},
+            optional={"params": st.dictionaries(st.sampled_from(["layers", "channels", "latent_dim", "x"]), JSONISH)},
+        ) | JSONISH,
+        "data": st.fixed_dictionaries({"dataset": st.sampled_from(["digits", "mnist", "x"])}, optional={"root": JSONISH}) | JSONISH,
+        "train": st.dictionaries(st.sampled_from(["lr", "epochs", "batch_size", "seed", "zzz"]), JSONISH),
+        "sweep": st.fixed_dictionaries({"space": st.dictionaries(st.sampled_from(["train.lr", "model.params.channels", "bad"]), JSONISH)}) | JSONISH,
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SECTIONS)
+def test_fuzzed_spec_dicts_never_crash_the_validator(data: dict) -> None:
+    try:
+        spec = validate_spec_dict(data)
+    except SpecError as exc:
+        assert exc.errors
+        assert all(error.message for error in exc.errors)
+    else:
+        assert isinstance(spec, JobSpec)
