@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-from jobs.errors import InvalidTransition, JobNotFound
+from jobs.records import InvalidTransition, JobNotFound
 from rich.console import Console
 
 from jobs.spec_errors import SpecError

@@ -184,7 +184,7 @@ def status(args: argparse.Namespace) -> int:
     stdout.print(
         f"status: {record.status.value}   attempts: {record.attempts}/{record.max_attempts}"
     )
-    if record.pending_reason and record.status == JobStatus.queued:
+    if record.pending_reason and record.status == JobStatus.QUEUED:
         stdout.print(f"waiting: {record.pending_reason}")
     progress = record.progress or {}
     if progress.get("epochs"):
@@ -209,7 +209,7 @@ def cancel(args: argparse.Namespace) -> int:
 def retry(args: argparse.Namespace) -> int:
     queue, _ = open_queue()
     queue.retry(args.job_id)
-    return _print_status(args, JobStatus.queued)
+    return _print_status(args, JobStatus.QUEUED)
 
 
 def set_priority(args: argparse.Namespace) -> int:

@@ -53,6 +53,8 @@ def streamlit_command(address: str, port: int) -> list[str]:
         str(UPLOAD_LIMIT_MB),
         "--server.fileWatcherType",
         "none",
+        "--client.toolbarMode",
+        "minimal",
         "--browser.gatherUsageStats",
         "false",
     ]

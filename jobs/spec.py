@@ -182,6 +182,10 @@ class JobSpec(Section):
             raise ValueError("sweep: required when kind is sweep")
         if self.kind == "train" and self.sweep is not None:
             raise ValueError("sweep: only allowed when kind is sweep")
+        if self.kind == "sweep" and self.train.eval_every != 1:
+            raise ValueError(
+                "train.eval_every: must be 1 in a sweep (the scheduler reads every epoch)"
+            )
         if self.train.precision == "bf16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: bf16 needs scaling.use_gpu: true")
         if self.scaling.num_workers > LIMITS.max_workers:

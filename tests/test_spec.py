@@ -66,6 +66,7 @@ def test_defaults_fill_everything_but_model_type_and_dataset() -> None:
         ({"scaling": {"num_workers": 0}}, "scaling.num_workers: must be >= 1, got 0"),
         ({"kind": "sweep"}, "sweep: required when kind is sweep"),
         ({"sweep": {"space": {"train.lr": {"choice": [0.1]}}}}, "sweep: only allowed when kind is sweep"),
+        ({"kind": "sweep", "train": {"eval_every": 2}, "sweep": {"space": {"train.lr": {"choice": [0.1]}}}}, "train.eval_every: must be 1 in a sweep"),
         ({"runtime_env": {"pip": ["evil"]}}, "runtime_env: unknown key"),
         ({"name": "../x"}, "name: string should match pattern"),
     ],

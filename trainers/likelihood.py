@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainers.api import to_unit_range
+from trainers.layers import unit_range_to_levels
 
 
 def categorical_nll(logits: Tensor, images: Tensor) -> Tensor:
@@ -152,11 +153,12 @@ def sample_discretized_logistic_mixture(params: Tensor, noise: Tensor, levels: i
     means = (mixture.means * chosen).sum(dim=2)  # (N, C, ...)
     scales = torch.exp((mixture.log_scales * chosen).sum(dim=2))  # (N, C, ...)
     coefficients = (mixture.coefficients * chosen).sum(dim=2)  # (N, C*(C-1)/2, ...)
-    uniform = noise[:, :, 1].clamp(1e-5, 1.0 - 1e-5)
+    uniform = noise[:, :, 1].clamp(1e-5, 1.0 - 1e-5)  # finite logs; cuts 2e-5 of tail mass
     logistic = torch.log(uniform) - torch.log1p(-uniform)  # (N, C, ...) standard logistic
     samples = torch.zeros_like(means, dtype=torch.long)
     for channel in range(channels):
         mean = _dependent_means(means, coefficients, to_unit_range(samples, levels))[:, channel]
-        value = (mean + scales[:, channel] * logistic[:, channel]).clamp(-1.0, 1.0)
-        samples[:, channel] = torch.round((value + 1.0) * (levels - 1) / 2.0).long()
+        value = mean + scales[:, channel] * logistic[:, channel]  # (N, ...)
+        # Draws beyond -1 or 1 land in the edge levels, whose bins reach to -inf and +inf.
+        samples[:, channel] = unit_range_to_levels(value, levels)
     return samples

@@ -15,19 +15,20 @@ from torch import Tensor, nn
 
 from jobs.model_params import PixelRNNParams
 from trainers.api import ImageShape, to_unit_range
-from trainers.layers import MaskedConv2d, lstm_scan
+from trainers.layers import MaskedConv2d, SubpixelLogitHead, lstm_scan
 from trainers.likelihood import categorical_nll
 from trainers.sampling import AutoregressiveModel, categorical_pixel
 
 
 class PixelRNN(AutoregressiveModel):
-    """Masked 7x7 type-A conv, `layers` residual LSTM layers, two masked 1x1 convs to logits.
+    """Masked 7x7 type-A conv, `layers` residual LSTM layers, two masked 1x1 convs to logits
+    (section 3.5, figure 4).
 
     Every feature map is split into colour groups (R, G, B) laid out one after another along
-    the channels, the layout `MaskedConv2d` masks by; a group at pixel (i, j) has seen the
-    colours before it at (i, j) and everything of earlier pixels. Subclasses choose the LSTM
-    layer: `lstm_layer(in_channels, hidden, colour_groups)` maps (B, in, H, W) to hidden states
-    (B, colour_groups * hidden, H, W) that keep the same colour layout.
+    the channels, the layout `MaskedConv2d` masks by; a group at pixel (i, j) may read earlier
+    pixels and the colours before it at (i, j), never its own colour or anything later.
+    Subclasses choose the LSTM layer: `lstm_layer(in_channels, hidden, colour_groups)` maps
+    (B, in, H, W) to hidden states (B, colour_groups * hidden, H, W) in the same colour layout.
     """
 
     lstm_layer: ClassVar[type[nn.Module]]
@@ -46,20 +47,14 @@ class PixelRNN(AutoregressiveModel):
             MaskedConv2d(params.hidden * groups, residual, 1, "B", groups)
             for _ in range(params.layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(residual, params.output_hidden, 1, "B", groups),
-            nn.ReLU(),
-            MaskedConv2d(params.output_hidden, groups * shape.levels, 1, "B", groups),
-        )
+        self.head = SubpixelLogitHead(residual, params.output_hidden, groups, shape.levels)
 
     def logits(self, inputs: Tensor) -> Tensor:
         """Floats (B, C, H, W) in [-1, 1] -> logits (B, C, levels, H, W), causal in raster order."""
-        batch, channels, height, width = inputs.shape
         features = self.input_conv(inputs)  # (B, 2 * hidden * C, H, W)
         for lstm, upsample in zip(self.lstms, self.upsamples, strict=True):
             features = features + upsample(lstm(features))
-        return self.head(features).view(batch, channels, self.shape.levels, height, width)
+        return self.head(features)
 
     def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
         del labels, phase

@@ -1,0 +1,40 @@
+"""`genfleet run-local`: one train spec in this process, with no Redis and no Ray."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cluster.cli_errors import UserError
+from cluster.cli_jobs import read_spec
+from jobs.settings import Settings
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "run-local", help="train one spec here (no Redis, no Ray); samples and checkpoints to DIR"
+    )
+    command.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    command.add_argument("--out", type=Path, metavar="DIR", help="default: runs/<spec name>")
+    command.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # torch loads here, not at `genfleet` start-up: the queue commands stay instant
+    from trainers.checkpoint import CheckpointError
+    from trainers.data import DatasetError
+    from trainers.run_local import run_local
+
+    spec = read_spec(args.spec)
+    if spec.kind != "train":
+        raise UserError(f"{args.spec}: kind: run-local runs train specs; submit sweeps instead")
+    out_dir = args.out or Path("runs") / spec.name
+    settings = Settings.from_env()
+    try:
+        run_local(spec, out_dir, settings.data_dir, not args.no_progress, resume_from=args.resume)
+    except (DatasetError, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"done: metrics, samples and checkpoints in {out_dir}")
+    return 0

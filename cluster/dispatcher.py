@@ -1,0 +1,216 @@
+"""The dispatcher (`genfleet worker`): drains the Redis queue onto a Ray cluster.
+
+One loop, a tick every `poll_seconds`:
+1. reap expired leases (unless the job's runner actor is still alive on Ray),
+2. fail jobs that can never fit the cluster, explain why the others wait,
+3. claim jobs that fit the free resources and start a runner actor for each,
+4. for every job it runs: renew the lease, relay progress into the store, act on cancel,
+   record success or failure.
+Several dispatchers may share one Redis and one Ray cluster: claims are atomic in Redis and
+free resources are counted from every running job in the store, whoever started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from jobs.queue import JobQueue
+from jobs.store import JobStore
+
+from cluster import ray_runtime
+from cluster.job_runner import is_running_on_ray, start_runner
+from cluster.placement import Resources, never_fits_reason, pending_reason
+from cluster.relay import Relay
+from cluster.relay_sink import write_messages
+from jobs.records import JobStatus
+from jobs.settings import Settings
+
+log = logging.getLogger("genfleet.dispatcher")
+
+NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
+
+
+@dataclass
+class ActiveJob:
+    job_id: str
+    runner: Any
+    result: ray.ObjectRef
+    relay: Any
+    needs: Resources
+    lease_renewed_at: float = field(default_factory=time.monotonic)
+    workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
+
+    @property
+    def node_ids(self) -> list[str]:
+        return sorted({worker["node_id"] for worker in self.workers.values()})
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: JobQueue,
+        store: JobStore,
+        settings: Settings,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 0.5,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.settings = settings
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.active: dict[str, ActiveJob] = {}
+        self._last_housekeeping = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("dispatcher %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a Redis blip must not kill the dispatcher: log and go on
+                log.exception("dispatcher tick failed; retrying")
+            stop.wait(self.poll_seconds)
+        self.shutdown()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping >= max(2.0, self.poll_seconds):
+            self.queue.requeue_expired(still_running=is_running_on_ray)
+            self._explain_waiting_jobs()
+            self._publish_cluster_status()
+            self._last_housekeeping = now
+        self._claim_fitting_jobs()
+        for job in list(self.active.values()):
+            self._service(job)
+
+    def shutdown(self) -> None:
+        """Stop our runs; their leases lapse and another dispatcher resumes them."""
+        for job in list(self.active.values()):
+            ray.kill(job.runner, no_restart=True)
+        self.active.clear()
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    def _free_resources(self) -> Resources:
+        total = ray_runtime.cluster_resources()
+        running = self.store.list_jobs(status=JobStatus.RUNNING.value, limit=10_000).records
+        used = Resources(
+            cpus=sum(record.needs_cpus for record in running),
+            gpus=sum(record.needs_gpus for record in running),
+        )
+        return Resources(
+            cpus=max(0.0, total.cpus - used.cpus), gpus=max(0.0, total.gpus - used.gpus)
+        )
+
+    def _claim_fitting_jobs(self) -> None:
+        while True:
+            claimed = self.queue.claim(
+                self.worker_id, self.lease_seconds, fits=self._free_resources()
+            )
+            if claimed is None:
+                return
+            self._start(claimed.job_id, claimed.spec, claimed.attempt)
+
+    def _start(self, job_id: str, spec: Any, attempt: int) -> None:
+        relay = Relay.remote()
+        try:
+            runner, result = start_runner(
+                job_id, spec, relay, self.settings.storage, str(self.settings.data_dir)
+            )
+        except ValueError:  # the runner's name is taken: the job still runs under another owner
+            self.store.append_event(job_id, "already running on Ray; not started twice")
+            return
+        needs = Resources(cpus=spec.scaling.cpus, gpus=spec.scaling.gpus)
+        self.active[job_id] = ActiveJob(job_id, runner, result, relay, needs)
+        verb = "resuming from its last checkpoint" if attempt > 1 else "starting"
+        self.store.append_log(job_id, f"[dispatcher {self.worker_id}] attempt {attempt}: {verb}")
+
+    def _explain_waiting_jobs(self) -> None:
+        """Fail jobs that can never fit; give the rest a plain-words reason to wait."""
+        cluster = ray_runtime.cluster_resources()
+        free = self._free_resources()
+        waiting = self.store.list_jobs(status=JobStatus.QUEUED.value, limit=50, oldest_first=True)
+        for ahead, record in enumerate(waiting.records):
+            needs = Resources(cpus=record.needs_cpus, gpus=record.needs_gpus)
+            per_worker = record.spec.get("scaling", {})
+            impossible = never_fits_reason(needs, per_worker, cluster)
+            if impossible:
+                self.queue.reject(record.id, impossible)
+                continue
+            reason = pending_reason(needs, free, ahead)
+            if reason != record.pending_reason:
+                self.queue.set_pending_reason(record.id, reason)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _relay(self, job: ActiveJob) -> None:
+        messages = ray.get(job.relay.drain.remote())
+        for worker in write_messages(self.store, job.job_id, messages):
+            job.workers[worker["rank"]] = worker
+
+    def _service(self, job: ActiveJob) -> None:
+        self._relay(job)
+        if self.queue.is_cancel_requested(job.job_id):
+            ray.kill(job.runner, no_restart=True)
+            self.queue.mark_cancelled(job.job_id, self.worker_id)
+            self._forget(job)
+            return
+        ready, _ = ray.wait([job.result], timeout=0)
+        if ready:
+            self._finish(job)
+            return
+        if time.monotonic() - job.lease_renewed_at >= self.lease_seconds / 3:
+            if not self.queue.renew_lease(job.job_id, self.worker_id, self.lease_seconds):
+                log.warning("lost the lease on %s; stopping our copy", job.job_id)
+                ray.kill(job.runner, no_restart=True)
+                self._forget(job)
+                return
+            job.lease_renewed_at = time.monotonic()
+
+    def _finish(self, job: ActiveJob) -> None:
+        try:
+            result = ray.get(job.result)
+        except Exception as exc:  # the run failed on Ray: keep the cause for the user
+            self._relay(job)
+            message = _root_cause(exc)
+            retryable = not any(name in message for name in NOT_RETRYABLE)
+            self.queue.fail(job.job_id, self.worker_id, message, traceback.format_exc(), retryable)
+        else:
+            self._relay(job)
+            result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}
+            self.queue.complete(job.job_id, self.worker_id, result)
+        self._forget(job)
+
+    def _forget(self, job: ActiveJob) -> None:
+        self.active.pop(job.job_id, None)
+        ray.kill(job.relay, no_restart=True)
+
+    def _publish_cluster_status(self) -> None:
+        status = {
+            "dispatcher": self.worker_id,
+            "updated_at": time.time(),
+            "nodes": ray_runtime.node_summaries(),
+            "available": ray_runtime.available_resources(),
+            "running_jobs": {job.job_id: job.node_ids for job in self.active.values()},
+        }
+        self.store.put_cluster_status(status, ttl_seconds=30)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error line of a Ray failure, which is the user's problem, not Ray's."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line.strip()[:2000]
+    return (lines[-1] if lines else repr(exc))[:2000]

@@ -1,0 +1,56 @@
+"""Whether a job fits the cluster, in plain words for the people waiting on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.queue import Resources
+
+from cluster.ray_runtime import ClusterResources
+
+__all__ = ["Resources", "never_fits_reason", "pending_reason"]
+
+
+def never_fits_reason(
+    needs: Resources, scaling: dict[str, Any], cluster: ClusterResources
+) -> str | None:
+    """Why a job can never run on this cluster, or None if it could once others finish."""
+    if needs.gpus > cluster.gpus:
+        return f"needs {_count(needs.gpus, 'GPU')}, the cluster has {_count(cluster.gpus, 'GPU')}"
+    if needs.cpus > cluster.cpus:
+        return f"needs {_count(needs.cpus, 'CPU')}, the cluster has {_count(cluster.cpus, 'CPU')}"
+    per_worker_cpus = float(scaling.get("cpus_per_worker", 1.0))
+    if per_worker_cpus > cluster.largest_node_cpus:
+        return (
+            f"needs {_count(per_worker_cpus, 'CPU')} per worker, the largest node has "
+            f"{_count(cluster.largest_node_cpus, 'CPU')}"
+        )
+    if scaling.get("use_gpu"):
+        per_worker_gpus = float(scaling.get("gpus_per_worker", 1.0))
+        if per_worker_gpus > cluster.largest_node_gpus:
+            return (
+                f"needs {_count(per_worker_gpus, 'GPU')} per worker, the largest node has "
+                f"{_count(cluster.largest_node_gpus, 'GPU')}"
+            )
+    return None
+
+
+def pending_reason(needs: Resources, free: Resources, jobs_ahead: int) -> str:
+    """'needs 4 GPUs, 2 free, 3 jobs ahead' — what a waiting job waits for."""
+    if needs.gpus > free.gpus:
+        short = f"needs {_count(needs.gpus, 'GPU')}, {_number(free.gpus)} free"
+    elif needs.cpus > free.cpus:
+        short = f"needs {_count(needs.cpus, 'CPU')}, {_number(free.cpus)} free"
+    else:
+        short = "fits; waiting for a dispatcher to claim it"
+    if jobs_ahead:
+        short += f", {jobs_ahead} job{'s' if jobs_ahead != 1 else ''} ahead"
+    return short
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _count(value: float, unit: str) -> str:
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"

@@ -1,0 +1,71 @@
+"""Connect to Ray: an existing cluster when an address is given, else a local one.
+
+Ray's token authentication stays on (Ray >= 2.59 enables it for local clusters; a remote
+cluster's token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token). genfleet never starts the Ray
+dashboard on anything but loopback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+NAMESPACE = "genfleet"  # runner actors are named in it, so any dispatcher can find them
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    cpus: float
+    gpus: float
+    largest_node_cpus: float
+    largest_node_gpus: float
+
+
+def connect_ray(address: str | None, include_dashboard: bool = False) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        ray.init(
+            namespace=NAMESPACE,
+            include_dashboard=include_dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+        )
+
+
+def cluster_resources() -> ClusterResources:
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    per_node = [node.get("Resources", {}) for node in nodes]
+    return ClusterResources(
+        cpus=sum(resources.get("CPU", 0.0) for resources in per_node),
+        gpus=sum(resources.get("GPU", 0.0) for resources in per_node),
+        largest_node_cpus=max((r.get("CPU", 0.0) for r in per_node), default=0.0),
+        largest_node_gpus=max((r.get("GPU", 0.0) for r in per_node), default=0.0),
+    )
+
+
+def node_summaries() -> list[dict[str, Any]]:
+    """Alive and dead nodes with their resources, for the dashboard's Cluster page."""
+    summaries = []
+    for node in ray.nodes():
+        resources = node.get("Resources", {})
+        summaries.append(
+            {
+                "node_id": node["NodeID"],
+                "address": node.get("NodeManagerAddress"),
+                "alive": bool(node.get("Alive")),
+                "cpus": resources.get("CPU", 0.0),
+                "gpus": resources.get("GPU", 0.0),
+                "memory_gb": round(resources.get("memory", 0.0) / 2**30, 1),
+            }
+        )
+    return summaries
+
+
+def available_resources() -> dict[str, float]:
+    available = ray.available_resources()
+    return {"cpus": available.get("CPU", 0.0), "gpus": available.get("GPU", 0.0)}

@@ -1,0 +1,168 @@
+"""Sweeps: a Ray Tune experiment whose trials are Ray Train runs (Ray 2.60, Train V2).
+
+Each trial is a function trainable that launches its own TorchTrainer (which may use several
+workers); `TuneReportCallback` forwards the Train workers' reports to Tune, so ASHA sees every
+epoch's metric. A sweep restarted under the same job id resumes with `Tuner.restore`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+from cluster.job_runner import build_trainer
+from jobs.spec import (
+    Choice,
+    Grid,
+    JobSpec,
+    LogUniform,
+    RandInt,
+    SearchDomain,
+    Uniform,
+    apply_overrides,
+)
+
+ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with few epochs
+
+
+def tune_domain(domain: SearchDomain) -> Any:
+    if isinstance(domain, Choice):
+        return tune.choice(domain.choice)
+    if isinstance(domain, Grid):
+        return tune.grid_search(domain.grid)
+    if isinstance(domain, Uniform):
+        return tune.uniform(*domain.uniform)
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(*domain.loguniform)
+    if isinstance(domain, RandInt):
+        return tune.randint(*domain.randint)
+    raise TypeError(f"unknown search domain {domain!r}")
+
+
+def run_sweep(
+    job_id: str, spec: JobSpec, loop_config: dict[str, Any], storage: str
+) -> dict[str, Any]:
+    sweep = spec.sweep
+    assert sweep is not None
+    relay = loop_config["relay"]
+
+    def trial(config: dict[str, Any]) -> None:
+        trial_id = tune.get_context().get_trial_id()
+        trial_spec = apply_overrides(spec, config)
+        trial_config = {**loop_config, "trial": trial_id}
+        trainer = build_trainer(
+            trial_spec, f"{job_id}-{trial_id}", storage, trial_config, [TuneReportCallback()]
+        )
+        trainer.fit()
+
+    trainable = tune.with_resources(trial, {"cpu": 0})  # the Train workers hold the resources
+    experiment = str(Path(storage) / job_id) if "://" not in storage else f"{storage}/{job_id}"
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: tune_domain(domain) for key, domain in sweep.space.items()},
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric,
+                mode=sweep.mode,
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent,
+                search_alg=_search_algorithm(spec),
+                scheduler=_scheduler(spec),
+            ),
+            run_config=tune.RunConfig(
+                name=job_id,
+                storage_path=storage,
+                callbacks=[TrialRelay(relay, spec)],
+            ),
+        )
+    results = tuner.fit()
+    best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
+    return {
+        "best_trial": (best.metrics or {}).get("trial_id"),
+        "best_config": _plain(best.config),
+        "best_metric": (best.metrics or {}).get(sweep.metric),
+        "metric": sweep.metric,
+        "trials": len(results),
+        "errors": len(results.errors),
+    }
+
+
+def _search_algorithm(spec: JobSpec) -> Any:
+    sweep = spec.sweep
+    assert sweep is not None
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(
+            OptunaSearch(seed=spec.train.seed), max_concurrent=sweep.max_concurrent
+        )
+    return BasicVariantGenerator(random_state=spec.train.seed)
+
+
+def _scheduler(spec: JobSpec) -> Any:
+    sweep = spec.sweep
+    assert sweep is not None
+    if sweep.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=spec.train.epochs,
+        grace_period=min(sweep.grace_period, spec.train.epochs),
+        reduction_factor=ASHA_REDUCTION_FACTOR,
+    )
+
+
+class TrialRelay(tune.Callback):
+    """Sends each trial's config, status and, for early stops, the reason to the relay."""
+
+    def __init__(self, relay: Any, spec: JobSpec) -> None:
+        self.relay = relay
+        self.spec = spec
+
+    def _send(self, trial: Any, status: str, reason: str | None = None) -> None:
+        sweep = self.spec.sweep
+        assert sweep is not None
+        last = trial.last_result or {}
+        info = {
+            "config": _plain(trial.config),
+            "status": status,
+            "metric": last.get(sweep.metric),
+            "iterations": last.get("training_iteration", 0),
+            "reason": reason,
+        }
+        self.relay.put.remote("trial", {"trial": trial.trial_id, "info": info})
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send(trial, "running")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self._send(trial, "running")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = (trial.last_result or {}).get("training_iteration", 0)
+        if done < self.spec.train.epochs and self.spec.sweep.scheduler == "asha":
+            reason = (
+                f"stopped early by ASHA after epoch {done}: below the top "
+                f"1/{ASHA_REDUCTION_FACTOR} of trials at that rung"
+            )
+            self._send(trial, "stopped", reason)
+        else:
+            self._send(trial, "completed")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send(trial, "error", str(getattr(trial, "error_file", "") or "trial failed"))
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.item() if hasattr(value, "item") else value for key, value in config.items()}

@@ -1,0 +1,139 @@
+"""Every Redis key genfleet writes, every TTL and cap, under one configurable prefix.
+
+Queue state (`<prefix>:...`):
+    queue                     zset  queued job ids; score orders by priority, then submit order
+    delayed                   zset  job ids waiting out a retry backoff; score = due time (s)
+    running                   zset  claimed job ids; score = lease deadline (s, server clock)
+    order                     str   counter behind FIFO order and the listing's "newest first"
+    job:<id>                  hash  the job record (jobs/records.py), spec and result as JSON
+    events:<id>               list  JSON status events
+    idempotency:<sha256>      str   job id of a submit with that idempotency key (TTL 24 h)
+    index:all / index:status:<status> / index:model:<model> / index:kind:<kind>
+                              zset  job ids by submit order, for filtered listings
+Artifacts: metrics:<id>[:trial:<t>] (list), images:<id>[:trial:<t>] (hash "<name>:<epoch>" ->
+PNG), logs:<id> (capped list) with log_count:<id> (lines ever appended), checkpoints:<id>
+(list), trials:<id> (hash), cluster (str, TTL).
+
+Lua scripts build per-job keys from the prefixes in `lua_key_table`, so that this module stays
+the one place that spells a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+LOG_LINES_KEPT = 5000
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TRIAL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_trial_id(trial: str) -> str:
+    if not _TRIAL.fullmatch(trial):
+        raise ValueError(f"trial: must match {_TRIAL.pattern}, got {trial!r}")
+    return trial
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "genfleet"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            raise ValueError(f"GENFLEET_PREFIX: must match {_PREFIX.pattern}, got {self.prefix!r}")
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def queue(self) -> str:
+        return self._key("queue")
+
+    @property
+    def delayed(self) -> str:
+        return self._key("delayed")
+
+    @property
+    def running(self) -> str:
+        return self._key("running")
+
+    @property
+    def order(self) -> str:
+        return self._key("order")
+
+    @property
+    def cluster(self) -> str:
+        return self._key("cluster")
+
+    @property
+    def all_jobs(self) -> str:
+        return self._key("index", "all")
+
+    def job(self, job_id: str) -> str:
+        return self._key("job", job_id)
+
+    def events(self, job_id: str) -> str:
+        return self._key("events", job_id)
+
+    def idempotency(self, idempotency_key: str) -> str:
+        # Hashed so that any client string makes a short key without separators in it.
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return self._key("idempotency", digest)
+
+    def status_index(self, status: str) -> str:
+        return self._key("index", "status", status)
+
+    def model_index(self, model_type: str) -> str:
+        return self._key("index", "model", model_type)
+
+    def kind_index(self, kind: str) -> str:
+        return self._key("index", "kind", kind)
+
+    def scratch(self, token: str) -> str:
+        return self._key("scratch", token)
+
+    def metrics(self, job_id: str, trial: str | None = None) -> str:
+        return self._artifact("metrics", job_id, trial)
+
+    def images(self, job_id: str, trial: str | None = None) -> str:
+        return self._artifact("images", job_id, trial)
+
+    def logs(self, job_id: str) -> str:
+        return self._key("logs", job_id)
+
+    def log_count(self, job_id: str) -> str:
+        return self._key("log_count", job_id)
+
+    def checkpoints(self, job_id: str) -> str:
+        return self._key("checkpoints", job_id)
+
+    def trials(self, job_id: str) -> str:
+        return self._key("trials", job_id)
+
+    def _artifact(self, family: str, job_id: str, trial: str | None) -> str:
+        if trial is None:
+            return self._key(family, job_id)
+        return self._key(family, job_id, "trial", check_trial_id(trial))
+
+    def lua_key_table(self) -> str:
+        """A Lua `KEY` table with the fixed keys and the prefixes of the per-job ones."""
+        entries = {
+            "queue": self.queue,
+            "delayed": self.delayed,
+            "running": self.running,
+            "order": self.order,
+            "all_jobs": self.all_jobs,
+            "job": self.job(""),
+            "events": self.events(""),
+            "status_index": self.status_index(""),
+            "model_index": self.model_index(""),
+            "kind_index": self.kind_index(""),
+            "logs": self.logs(""),
+            "log_count": self.log_count(""),
+        }
+        # The prefix pattern admits no quote or backslash, so plain quoting is safe.
+        body = ", ".join(f"{name} = '{key}'" for name, key in entries.items())
+        return f"local KEY = {{{body}}}\n"

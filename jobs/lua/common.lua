@@ -1,0 +1,94 @@
+-- Helpers every genfleet script shares. queue.py puts keys.py's KEY table above this file and
+-- the script's own body below it.
+
+local function now_seconds()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) + tonumber(time[2]) / 1e6
+end
+
+local function stamp(seconds)
+  return string.format('%.6f', seconds)
+end
+
+-- Higher priority first, then submit order; both parts fit exactly in a double's 53 bits.
+local function queue_score(priority, order)
+  return (9 - tonumber(priority)) * 2 ^ 40 + tonumber(order)
+end
+
+local function enqueue(id)
+  local fields = redis.call('HMGET', KEY.job .. id, 'priority', 'order')
+  redis.call('ZADD', KEY.queue, queue_score(fields[1], fields[2]), id)
+end
+
+local function add_event(id, now, status, message, worker)
+  local event = {ts = now, status = status, message = message, worker = worker}
+  redis.call('RPUSH', KEY.events .. id, cjson.encode(event))
+end
+
+-- Moves the job between status indexes, keeping its submit-order score, and stamps it.
+local function set_status(id, from, to, now)
+  local submitted = redis.call('ZSCORE', KEY.all_jobs, id)
+  redis.call('ZREM', KEY.status_index .. from, id)
+  redis.call('ZADD', KEY.status_index .. to, submitted, id)
+  redis.call('HSET', KEY.job .. id, 'status', to, 'updated_at', stamp(now))
+end
+
+-- nil when `worker` holds the running job, else why not: 'missing' or 'lost'.
+local function lease_problem(id, worker)
+  local state = redis.call('HMGET', KEY.job .. id, 'status', 'owner')
+  if not state[1] then return 'missing' end
+  if state[1] ~= 'running' or state[2] ~= worker then return 'lost' end
+  return nil
+end
+
+-- Takes a queued job (waiting in the queue or out its backoff) away for good.
+local function withdraw(id, now, to, message)
+  redis.call('ZREM', KEY.queue, id)
+  redis.call('ZREM', KEY.delayed, id)
+  redis.call('HSET', KEY.job .. id, 'finished_at', stamp(now), 'pending_reason', '')
+  set_status(id, 'queued', to, now)
+  add_event(id, now, to, message)
+end
+
+-- Ends a running job's attempt in a terminal status.
+local function finish(id, now, to, message, worker)
+  redis.call('ZREM', KEY.running, id)
+  redis.call('HSET', KEY.job .. id, 'finished_at', stamp(now), 'lease_deadline', '')
+  set_status(id, 'running', to, now)
+  add_event(id, now, to, message, worker)
+end
+
+-- Ends an attempt that did not succeed: cancelled when a cancel was asked for, failed when it
+-- may not be retried, dead when its attempts are used up, else queued again, after waiting
+-- out the backoff in the delayed set when that is positive. Returns the new status.
+local function end_failed_attempt(id, now, retryable, backoff, message, worker)
+  local job = KEY.job .. id
+  local fields = redis.call('HMGET', job, 'attempts', 'max_attempts', 'cancel_requested')
+  local attempts, max_attempts = tonumber(fields[1]), tonumber(fields[2])
+  local to = nil
+  if fields[3] == '1' then
+    to = 'cancelled'
+  elseif not retryable then
+    to = 'failed'
+  elseif attempts >= max_attempts then
+    to = 'dead'
+  end
+  if to then
+    finish(id, now, to, message, worker)
+    return to
+  end
+  redis.call('ZREM', KEY.running, id)
+  redis.call('HSET', job, 'lease_deadline', '')
+  local delay = math.min(backoff.cap, backoff.base * 2 ^ (attempts - 1))
+  if delay > 0 then
+    redis.call('ZADD', KEY.delayed, now + delay, id)
+    redis.call('HSET', job, 'pending_reason', string.format('retry after %.1f s backoff', delay))
+    message = message .. string.format('; retry in %.1f s', delay)
+  else
+    enqueue(id)
+  end
+  set_status(id, 'running', 'queued', now)
+  add_event(id, now, 'queued', message, worker)
+  return 'queued'
+end
+

@@ -1,0 +1,157 @@
+"""Fill a real Redis with what the dashboard shows, through the real queue and store.
+
+Jobs go through submit -> claim -> metrics/images/logs -> complete, as a dispatcher would
+drive them, so the pages are tested against records the queue itself wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from functools import cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from jobs.queue import JobQueue
+from jobs.records import JobStatus
+from jobs.spec import JobSpec
+from jobs.store import JobStore
+
+WORKER = "seed-worker"
+
+
+def spec(name: str = "seed-job", model: str = "pixelcnn", **sections: Any) -> JobSpec:
+    """A small valid spec; `sections` replace whole top-level keys (train=..., sweep=...)."""
+    data: dict[str, Any] = {
+        "name": name,
+        "model": {"type": model},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 3},
+    }
+    data.update(sections)
+    if "sweep" in sections:
+        data["kind"] = "sweep"
+    return JobSpec.model_validate(data)
+
+
+@cache
+def _digit_cells() -> np.ndarray:
+    digits = load_digits().images[:16] / 16.0  # (16, 8, 8) in [0, 1]
+    return digits.reshape(4, 4, 8, 8).transpose(0, 2, 1, 3).reshape(32, 32)  # 4x4 grid
+
+
+def sample_grid_png(epoch: int, seed: int = 0) -> bytes:
+    """A 4x4 grid of 8x8 digits emerging from the same noise as epochs pass, like a
+    fixed-seed sample grid does while a model learns (32x32 grey pixels, 4x upscaled)."""
+    noise = np.random.default_rng(seed).random((32, 32))
+    weight = min(epoch / 5.0, 1.0)
+    pixels = ((1 - weight) * noise + weight * _digit_cells()) * 255
+    image = Image.fromarray(pixels.astype(np.uint8), mode="L").resize((128, 128), Image.NEAREST)
+    output = io.BytesIO()
+    image.save(output, format="PNG")
+    return output.getvalue()
+
+
+def metrics_row(epoch: int, offset: float = 0.0) -> dict[str, float | int]:
+    return {
+        "epoch": epoch,
+        "step": epoch * 20,
+        "train_bits_per_dim": 3.0 / epoch + 1.0 + offset,
+        "val_bits_per_dim": 3.2 / epoch + 1.1 + offset,
+    }
+
+
+def claim_submitted(queue: JobQueue, job_spec: JobSpec) -> str:
+    """Submit and claim at once; the caller seeds claims before any other queued job waits."""
+    job_id = queue.submit(job_spec)
+    claimed = queue.claim(WORKER, lease_seconds=600)
+    assert claimed is not None and claimed.job_id == job_id, "another queued job was claimed"
+    return job_id
+
+
+def seed_trained_job(
+    queue: JobQueue,
+    store: JobStore,
+    name: str = "trained",
+    epochs: int = 3,
+    image_names: tuple[str, ...] = ("samples",),
+    finish: bool = True,
+    offset: float = 0.0,
+) -> str:
+    """A job with a metrics row, an image per name, a log line and a checkpoint per epoch."""
+    job_id = claim_submitted(queue, spec(name, train={"epochs": epochs}))
+    for epoch in range(1, epochs + 1):
+        store.append_metrics(job_id, metrics_row(epoch, offset))
+        for image_name in image_names:
+            store.put_image(job_id, image_name, epoch, sample_grid_png(epoch))
+        store.append_log(job_id, f"epoch {epoch}: val_bits_per_dim {3.2 / epoch + 1.1:.3f}")
+        store.add_checkpoint(job_id, epoch, f"file:///storage/{job_id}/epoch-{epoch}")
+    if finish:
+        assert queue.complete(job_id, WORKER, {"val_bits_per_dim": 3.2 / epochs + 1.1})
+    return job_id
+
+
+def seed_sweep(queue: JobQueue, store: JobStore, trial_metrics: list[float | None]) -> str:
+    """A sweep whose trials end at `trial_metrics`; a None trial was stopped before any
+    evaluation, and the first trial was stopped early by ASHA after epoch 1."""
+    sweep = {"space": {"train.lr": {"loguniform": [0.0001, 0.01]}}}
+    job_id = claim_submitted(queue, spec("sweep", sweep=sweep))
+    for index, metric in enumerate(trial_metrics):
+        trial_id = f"trial_{index:02d}"
+        stopped = metric is None or index == 0
+        epochs = 1 if stopped else 3
+        store.put_trial(
+            job_id,
+            trial_id,
+            {
+                "config": {
+                    "train.lr": 10.0 ** -(2 + index),
+                    "model.params.channels": 16 * (index + 1),
+                },
+                "status": "stopped" if stopped else "completed",
+                "metric": metric,
+                "iterations": epochs,
+                "reason": "stopped early by ASHA after epoch 1" if stopped else None,
+            },
+        )
+        for epoch in range(1, epochs + 1):
+            # The curve ends at the trial's metric, as Tune's last result does.
+            row = metrics_row(
+                epoch, offset=(metric or 3.0) - metrics_row(epochs)["val_bits_per_dim"]
+            )
+            store.append_metrics(job_id, row, trial=trial_id)
+            store.put_image(job_id, "samples", epoch, sample_grid_png(epoch), trial=trial_id)
+    return job_id
+
+
+def seed_cluster(store: JobStore, running_jobs: list[str]) -> dict[str, Any]:
+    """A report shaped as cluster/dispatcher.py publishes it: two nodes, jobs on the head."""
+    status = {
+        "dispatcher": "dispatcher-1",
+        "updated_at": time.time(),
+        "nodes": [
+            {"node_id": "head", "address": "10.0.0.1", "alive": True, "cpus": 8.0, "gpus": 1.0,
+             "memory_gb": 31.2},
+            {"node_id": "worker-1", "address": "10.0.0.2", "alive": True, "cpus": 16.0,
+             "gpus": 0.0, "memory_gb": 62.5},
+            {"node_id": "worker-2", "address": "10.0.0.3", "alive": False, "cpus": 16.0,
+             "gpus": 0.0, "memory_gb": 62.5},
+        ],
+        "available": {"cpus": 21.0, "gpus": 0.0},
+        "running_jobs": {job_id: ["head"] for job_id in running_jobs},
+    }  # fmt: skip
+    store.put_cluster_status(status, ttl_seconds=60)
+    return status
+
+
+def seed_queued_jobs(queue: JobQueue, count: int, name: str = "queued") -> list[str]:
+    models = ("pixelcnn", "vae", "dcgan", "pixelrnn_row")
+    specs = [spec(f"{name}-{model}", model) for model in models]
+    return [queue.submit(specs[index % len(specs)]) for index in range(count)]
+
+
+def status_of(store: JobStore, job_id: str) -> JobStatus:
+    return store.get(job_id).status

@@ -1,0 +1,384 @@
+"""The dashboard's pages, run by Streamlit's AppTest against a real Redis seeded through the
+real queue and store (tests/dashboard_seed.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from streamlit.testing.v1 import AppTest
+
+from dashboard.launch import UnsafeBindError, launch_dashboard, run_dashboard
+from dashboard.spec_builder import parse_range, tunable_paths
+from jobs.queue import JobQueue
+from jobs.records import JobStatus
+from jobs.store import JobStore
+from tests import dashboard_seed as seed
+from tests.redis_fixtures import RedisProcess
+
+APP = Path(__file__).parents[1] / "dashboard" / "app.py"
+EXAMPLES = Path(__file__).parents[1] / "jobs" / "examples"
+PREFIX = "dash"
+
+
+@pytest.fixture
+def jobs_api(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[tuple[JobQueue, JobStore]]:
+    """The queue and store the app sees, through the environment variables it reads."""
+    monkeypatch.setenv("GENFLEET_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("GENFLEET_PREFIX", PREFIX)
+    monkeypatch.setenv("GENFLEET_HOME", str(tmp_path))
+    monkeypatch.delenv("GENFLEET_DASHBOARD_PASSWORD", raising=False)
+    yield JobQueue(redis_client, PREFIX), JobStore(redis_client, PREFIX)
+
+
+def open_page(page: str | None = None, **query: str) -> AppTest:
+    app = AppTest.from_file(str(APP), default_timeout=60)
+    app.query_params.update(query)
+    app.run()
+    if page is not None:
+        app.switch_page(page).run()
+    assert not app.exception, [error.value for error in app.exception]
+    return app
+
+
+def click(app: AppTest, label: str) -> AppTest:
+    next(button for button in app.button if button.label == label).click()
+    app.run()
+    assert not app.exception, [error.value for error in app.exception]
+    return app
+
+
+def figure(app: AppTest, index: int = 0) -> dict:
+    return json.loads(app.get("plotly_chart")[index].proto.spec)
+
+
+def texts(elements) -> str:  # noqa: ANN001 - AppTest element lists have no public type
+    return "\n".join(str(element.value) for element in elements)
+
+
+# Submit
+
+
+def test_submit_page_queues_a_pasted_spec_once_when_submit_is_clicked_twice(jobs_api):
+    queue, store = jobs_api
+    app = open_page("views/submit.py")
+    app.text_area(key="submit.text").input((EXAMPLES / "pixelcnn_digits.yaml").read_text()).run()
+    assert "Valid spec." in texts(app.success)
+
+    app.button(key="yaml.submit").click().run()
+    app.button(key="yaml.submit").click().run()  # the double click
+
+    queued = queue.queued()
+    assert len(queued) == 1
+    assert store.get(queued[0]).name == "pixelcnn-digits"
+    assert store.get(queued[0]).status is JobStatus.QUEUED
+    assert f"Queued as job `{queued[0]}`." in texts(app.success)
+
+
+def test_submit_page_submits_another_copy_only_when_asked(jobs_api):
+    queue, _ = jobs_api
+    app = open_page("views/submit.py")
+    app.text_area(key="submit.text").input((EXAMPLES / "vae_digits.yaml").read_text()).run()
+    app.button(key="yaml.submit").click().run()
+    app.button(key="yaml.new_copy").click().run()
+    app.button(key="yaml.submit").click().run()
+    assert len(queue.queued()) == 2
+
+
+def test_submit_page_shows_each_error_beside_the_line_it_names(jobs_api):
+    queue, _ = jobs_api
+    text = "name: bad\nmodel:\n  type: pixelcnn\ndata:\n  dataset: digits\ntrain:\n  lr: -0.1\n"
+    app = open_page("views/submit.py")
+    app.text_area(key="submit.text").input(text).run()
+
+    assert "1 problem in this spec:" in texts(app.error)
+    assert "**line 7** · `train.lr`: must be > 0, got -0.1" in texts(app.markdown)
+    assert "   7 |   lr: -0.1" in texts(app.markdown)
+    assert all(button.key != "yaml.submit" for button in app.button)
+    assert queue.queued() == []
+
+
+def test_submit_page_loads_an_example_and_clones_a_job_named_in_the_url(jobs_api):
+    queue, _ = jobs_api
+    job_id = queue.submit(seed.spec("to-clone", "dcgan"))
+    app = open_page("views/submit.py", clone=job_id)
+    assert "name: to-clone" in app.text_area(key="submit.text").value
+    assert "type: dcgan" in app.text_area(key="submit.text").value
+
+    app.selectbox(key="submit.example").select("vae_digits")
+    click(app, "Load example")
+    assert app.text_area(key="submit.text").value == (EXAMPLES / "vae_digits.yaml").read_text()
+
+
+def test_form_builder_builds_a_sweep_with_search_ranges_and_submits_it(jobs_api):
+    queue, store = jobs_api
+    app = open_page("views/submit.py")
+    app.radio(key="form.kind").set_value("sweep").run()
+    app.selectbox(key="form.model").select("gated_pixelcnn").run()
+    app.number_input(key="form.params.gated_pixelcnn.layers").set_value(3)
+    app.selectbox(key="form.range_path").select("train.lr")
+    app.selectbox(key="form.range_domain").select("loguniform")
+    app.text_input(key="form.range_values").input("0.0001, 0.01")
+    click(app, "Add range")
+    app.selectbox(key="form.range_path").select("model.params.channels")
+    app.selectbox(key="form.range_domain").select("choice")
+    app.text_input(key="form.range_values").input("16, 32")
+    click(app, "Add range")
+
+    produced = texts(app.code)
+    assert "train.lr: {loguniform: [0.0001, 0.01]}" in produced
+    assert "model.params.channels: {choice: [16, 32]}" in produced
+    app.button(key="form.submit").click().run()
+
+    [job_id] = queue.queued()
+    record = store.get(job_id)
+    assert record.kind == "sweep"
+    assert record.model_type == "gated_pixelcnn"
+    assert record.spec["model"]["params"]["layers"] == 3
+    assert record.spec["sweep"]["space"] == {
+        "train.lr": {"loguniform": [0.0001, 0.01]},
+        "model.params.channels": {"choice": [16, 32]},
+    }
+
+
+def test_form_builder_says_why_a_range_is_rejected(jobs_api):
+    app = open_page("views/submit.py")
+    app.radio(key="form.kind").set_value("sweep").run()
+    app.selectbox(key="form.range_path").select("train.lr")
+    app.selectbox(key="form.range_domain").select("uniform")
+    app.text_input(key="form.range_values").input("0.1")
+    click(app, "Add range")
+    assert "train.lr: uniform takes two numbers 'low, high', got '0.1'" in texts(app.warning)
+
+
+def test_parse_range_reads_numbers_words_and_flags():
+    assert parse_range("train.optimizer", "choice", "adam, sgd").values == ["adam", "sgd"]
+    assert parse_range("train.lr", "loguniform", "1e-4, 0.01").values == [0.0001, 0.01]
+    assert parse_range("model.params.conditional", "grid", "true, false").values == [True, False]
+    with pytest.raises(ValueError, match="randint takes two integers"):
+        parse_range("train.batch_size", "randint", "16, 64.5")
+    assert tunable_paths("vae")[:2] == ["model.params.latent_dim", "model.params.channels"]
+
+
+# Jobs
+
+
+def test_jobs_page_cancels_the_selected_queued_job(jobs_api):
+    queue, store = jobs_api
+    keep, cancel = seed.seed_queued_jobs(queue, 2)
+    app = open_page()
+    assert sorted(app.dataframe[0].value["id"].str.removeprefix("job?job=")) == sorted(
+        [keep, cancel]
+    )
+
+    app.multiselect(key="jobs.selected").select(cancel)
+    click(app, "Cancel")
+
+    assert store.get(cancel).status is JobStatus.CANCELLED
+    assert queue.queued() == [keep]
+    assert f"{cancel}: cancelled" in texts(app.success)
+    assert sorted(app.dataframe[0].value["status"]) == ["cancelled", "queued"]
+
+
+def test_jobs_page_retries_and_reprioritises_selected_jobs(jobs_api):
+    queue, store = jobs_api
+    [job_id] = seed.seed_queued_jobs(queue, 1)
+    queue.cancel(job_id)
+    app = open_page()
+    app.multiselect(key="jobs.selected").select(job_id)
+    click(app, "Retry")
+    assert store.get(job_id).status is JobStatus.QUEUED
+
+    app.number_input(key="jobs.new_priority").set_value(9)
+    click(app, "Set priority")
+    assert store.get(job_id).priority == 9
+
+    click(app, "Retry")  # a queued job cannot be retried: the page says why
+    assert f"cannot retry job {job_id}: it is queued" in texts(app.warning)
+
+
+def test_jobs_page_pages_on_the_server_and_filters_by_status(jobs_api):
+    queue, _ = jobs_api
+    job_ids = seed.seed_queued_jobs(queue, 60)
+    for job_id in job_ids[:3]:
+        queue.cancel(job_id)
+    app = open_page()
+    assert len(app.dataframe[0].value) == 50
+    assert "Page 1 of 2 · 60 jobs" in texts(app.caption)
+
+    click(app, "Next")
+    assert len(app.dataframe[0].value) == 10
+    assert "Page 2 of 2 · 60 jobs" in texts(app.caption)
+
+    app.selectbox(key="jobs.status").select("cancelled").run()
+    table = app.dataframe[0].value
+    assert sorted(table["id"].str.removeprefix("job?job=")) == sorted(job_ids[:3])
+    assert "Page 1 of 1 · 3 jobs" in texts(app.caption)
+
+
+def test_jobs_page_shows_why_a_queued_job_waits(jobs_api):
+    queue, _ = jobs_api
+    [job_id] = seed.seed_queued_jobs(queue, 1)
+    queue.set_pending_reason(job_id, "needs 4 GPUs, 2 free, 3 jobs ahead")
+    app = open_page()
+    assert app.dataframe[0].value["why waiting"].tolist() == ["needs 4 GPUs, 2 free, 3 jobs ahead"]
+
+
+# Job
+
+
+def test_job_page_shows_curves_images_checkpoints_events_and_logs(jobs_api):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store, image_names=("samples", "completions"))
+    app = open_page("views/job.py", job=job_id)
+
+    assert app.title[0].value == "trained"
+    traces = {trace["name"]: trace for trace in figure(app)["data"]}
+    assert set(traces) == {"train_bits_per_dim", "val_bits_per_dim"}
+    assert traces["val_bits_per_dim"]["y"] == [
+        seed.metrics_row(epoch)["val_bits_per_dim"] for epoch in (1, 2, 3)
+    ]
+    # Per image name: the chosen epoch, plus a strip of the 3 epochs.
+    assert len(app.image) == 2 * (1 + 3)
+    assert len(app.get("download_button")) == 2
+    assert "Epoch 3." in app.image[0].proto.imgs[0].caption
+    events, checkpoints = app.dataframe
+    assert events.value["status"].tolist() == ["queued", "running", "succeeded"]
+    assert checkpoints.value["epoch"].tolist() == [1, 2, 3]
+    assert "epoch 3: val_bits_per_dim" in texts(app.code)
+
+
+def test_job_page_epoch_slider_shows_that_epochs_grid(jobs_api):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store)
+    app = open_page("views/job.py", job=job_id)
+    app.select_slider(key="job.samples.epoch").set_value(1).run()
+    assert "Epoch 1." in app.image[0].proto.imgs[0].caption
+
+
+def test_job_page_for_a_trial_reads_that_trials_metrics_and_images(jobs_api):
+    queue, store = jobs_api
+    sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5])
+    app = open_page("views/job.py", job=sweep_id, trial="trial_01")
+    assert app.title[0].value == "sweep · trial trial_01"
+    [trace] = [t for t in figure(app)["data"] if t["name"] == "val_bits_per_dim"]
+    assert trace["y"][-1] == pytest.approx(2.5)
+    assert len(app.image) == 1 + 3
+
+
+def test_job_page_says_when_the_job_does_not_exist(jobs_api):
+    app = open_page("views/job.py", job="nosuchjob")
+    assert "No job `nosuchjob`." in texts(app.error)
+
+
+# Sweep
+
+
+def test_sweep_page_ranks_trials_by_metric_and_highlights_the_best(jobs_api):
+    queue, store = jobs_api
+    sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5, None, 2.8])
+    app = open_page("views/sweep.py", job=sweep_id)
+
+    table = app.dataframe[0].value
+    assert table["trial"].tolist() == [
+        f"job?job={sweep_id}&trial=trial_{index}" for index in ("01", "03", "00", "02")
+    ]
+    assert table["best"].tolist() == ["★", "", "", ""]
+    assert table["stopped because"].tolist()[2] == "stopped early by ASHA after epoch 1"
+    assert "Best trial `trial_01`: val_bits_per_dim = 2.5000" in texts(app.success)
+    curves, parallel = figure(app, 0), figure(app, 1)
+    assert len(curves["data"]) == 4
+    labels = [dimension["label"] for dimension in parallel["data"][0]["dimensions"]]
+    assert labels == ["log10(train.lr)", "model.params.channels", "val_bits_per_dim"]
+
+
+# Compare
+
+
+def test_compare_page_overlays_curves_and_shows_grids_at_one_epoch(jobs_api):
+    queue, store = jobs_api
+    first = seed.seed_trained_job(queue, store, name="first")
+    second = seed.seed_trained_job(queue, store, name="second", offset=0.5)
+    sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5])
+    trial = f"{sweep_id}/trial_01"
+    app = open_page("views/compare.py", runs=f"{first},{second},{trial}")
+
+    names = [trace["name"] for trace in figure(app)["data"]]
+    assert names == [f"{run} · val_bits_per_dim" for run in (first, second, trial)]
+    captions = [image.proto.imgs[0].caption for image in app.image]
+    assert captions == [f"{run} · samples · epoch 3" for run in (first, second, trial)]
+
+    app.select_slider(key="compare.epoch").set_value(1).run()
+    assert [image.proto.imgs[0].caption for image in app.image][0] == f"{first} · samples · epoch 1"
+
+
+def test_compare_page_asks_for_at_least_two_runs(jobs_api):
+    queue, store = jobs_api
+    only = seed.seed_trained_job(queue, store)
+    app = open_page("views/compare.py", runs=only)
+    assert "Pick two to four jobs or trials." in texts(app.info)
+    assert app.get("plotly_chart") == []
+
+
+# Cluster
+
+
+def test_cluster_page_says_when_no_dispatcher_has_reported(jobs_api):
+    app = open_page("views/cluster.py")
+    assert "No dispatcher has reported." in texts(app.warning)
+
+
+def test_cluster_page_sums_resources_of_alive_nodes_and_lists_jobs_per_node(jobs_api):
+    queue, store = jobs_api
+    running = seed.seed_trained_job(queue, store, finish=False)
+    seed.seed_cluster(store, [running])
+    app = open_page("views/cluster.py")
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics == {
+        "Nodes alive": "2 / 3",
+        "CPUs in use": "3 / 24",
+        "GPUs in use": "1 / 1",
+        "Running jobs": "1",
+    }
+    table = app.dataframe[0].value
+    assert table["node"].tolist() == ["head", "worker-1", "worker-2"]
+    assert list(table["running jobs"][0]) == [running]
+
+
+# Login and launch
+
+
+def test_login_gate_hides_every_page_until_the_password_is_given(jobs_api, monkeypatch):
+    queue, _ = jobs_api
+    seed.seed_queued_jobs(queue, 3)
+    monkeypatch.setenv("GENFLEET_DASHBOARD_PASSWORD", "correct horse")
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert [title.value for title in app.title] == ["genfleet"]
+    assert app.dataframe == [] and app.toggle == []
+
+    app.text_input(key="login_password").input("wrong")
+    app.button[0].click().run()
+    assert "Wrong password." in texts(app.error)
+    assert app.dataframe == []
+
+    app.text_input(key="login_password").input("correct horse")
+    app.button[0].click().run()
+    assert [title.value for title in app.title] == ["Jobs"]
+    assert len(app.dataframe[0].value) == 3
+
+
+def test_launch_refuses_a_public_address_without_a_password(monkeypatch, capsys):
+    with pytest.raises(UnsafeBindError, match="refusing to serve the dashboard on 0.0.0.0"):
+        launch_dashboard("0.0.0.0", 8501, password=None)
+    monkeypatch.setenv("GENFLEET_DASHBOARD_ADDRESS", "192.0.2.7")
+    monkeypatch.delenv("GENFLEET_DASHBOARD_PASSWORD", raising=False)
+    assert run_dashboard() == 2
+    assert "GENFLEET_DASHBOARD_PASSWORD" in capsys.readouterr().err

@@ -1,0 +1,191 @@
+"""Datasets: deterministic splits, integer levels, clear errors for missing or unsafe data."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jobs.spec import DataSpec
+from trainers.data import (
+    DatasetError,
+    DynamicallyBinarized,
+    binarize,
+    load_dataset,
+    split_indices,
+)
+
+
+def images_of(dataset) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def labels_of(dataset) -> torch.Tensor:
+    return torch.stack([dataset[i][1] for i in range(len(dataset))])
+
+
+def write_fake_mnist(raw: Path, intensities: np.ndarray, labels: np.ndarray) -> None:
+    """The four idx files torchvision's MNIST reads, in its big-endian raw format."""
+    raw.mkdir(parents=True)
+    count, height, width = intensities.shape
+    for split in ("train", "t10k"):
+        header = struct.pack(">iiii", 0x803, count, height, width)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + intensities.tobytes())
+        label_header = struct.pack(">ii", 0x801, count)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            label_header + labels.astype(np.uint8).tobytes()
+        )
+
+
+def test_digits_split_is_deterministic_disjoint_and_in_17_levels(tmp_path: Path) -> None:
+    data = DataSpec(dataset="digits", val_fraction=0.1)
+    first = load_dataset(data, tmp_path, seed=3)
+    again = load_dataset(data, tmp_path, seed=3)
+    other = load_dataset(data, tmp_path, seed=4)
+
+    assert (len(first.train), len(first.val)) == (1617, 180)
+    assert (first.shape.channels, first.shape.height, first.shape.width) == (1, 8, 8)
+    assert (first.shape.levels, first.num_classes, first.binarization) == (17, 10, "none")
+    image, label = first.train[0]
+    assert image.dtype == torch.int64 and image.shape == (1, 8, 8)
+    assert label.dtype == torch.int64
+    val_images = images_of(first.val)
+    assert int(val_images.min()) == 0 and int(val_images.max()) == 16
+    assert torch.equal(val_images, images_of(again.val))
+    assert torch.equal(labels_of(first.val), labels_of(again.val))
+    assert not torch.equal(val_images, images_of(other.val))
+
+
+def test_split_indices_cover_every_item_once() -> None:
+    train, val = split_indices(101, 0.25, seed=7)
+    assert len(val) == 25
+    assert sorted(train.tolist() + val.tolist()) == list(range(101))
+    assert torch.equal(val, split_indices(101, 0.25, seed=7)[1])
+
+
+def test_offline_mnist_without_files_names_the_folder_and_the_files(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        load_dataset(DataSpec(dataset="mnist"), tmp_path, seed=0)
+    message = str(error.value)
+    assert str(tmp_path / "mnist") in message
+    assert "MNIST/raw/train-images-idx3-ubyte" in message
+    assert "data.download: true" in message
+
+
+def test_mnist_reads_torchvision_raw_files_as_256_levels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    intensities = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    write_fake_mnist(tmp_path / "mnist" / "MNIST" / "raw", intensities, np.arange(20) % 10)
+
+    datasets = load_dataset(DataSpec(dataset="mnist", val_fraction=0.25), tmp_path, seed=0)
+
+    assert (len(datasets.train), len(datasets.val)) == (15, 5)
+    assert (datasets.shape.levels, datasets.shape.dims, datasets.num_classes) == (256, 784, 10)
+    all_images = torch.cat([images_of(datasets.train), images_of(datasets.val)])
+    assert sorted(all_images.sum(dim=(1, 2, 3)).tolist()) == sorted(
+        torch.from_numpy(intensities).long().sum(dim=(1, 2)).tolist()
+    )
+
+
+def test_binarized_mnist_redraws_each_epoch_and_repeats_per_seed_and_epoch(
+    tmp_path: Path,
+) -> None:
+    intensities = np.full((40, 28, 28), 128, dtype=np.uint8)
+    write_fake_mnist(tmp_path / "mnist" / "MNIST" / "raw", intensities, np.arange(40) % 10)
+    data = DataSpec(dataset="binarized_mnist", val_fraction=0.1)
+
+    datasets = load_dataset(data, tmp_path, seed=5)
+    train = datasets.train
+    assert isinstance(train, DynamicallyBinarized)
+    assert (datasets.shape.levels, datasets.binarization) == (2, "dynamic")
+    train.set_epoch(1)
+    epoch_one = images_of(train)
+    train.set_epoch(2)
+    epoch_two = images_of(train)
+    replay = load_dataset(data, tmp_path, seed=5).train
+    replay.set_epoch(1)
+
+    assert set(epoch_one.unique().tolist()) == {0, 1}
+    assert not torch.equal(epoch_one, epoch_two)
+    assert torch.equal(epoch_one, images_of(replay))
+    assert torch.equal(images_of(datasets.val), images_of(load_dataset(data, tmp_path, 5).val))
+
+
+def test_binarize_draws_each_pixel_with_probability_intensity_over_255() -> None:
+    intensities = torch.tensor([0, 255, 51], dtype=torch.uint8).repeat_interleave(20000)
+    pixels = binarize(intensities, seed=0, epoch=1, index=0)
+    assert pixels[:20000].sum() == 0
+    assert pixels[20000:40000].sum() == 20000
+    assert pixels[40000:].float().mean().item() == pytest.approx(0.2, abs=0.01)
+    assert torch.equal(pixels, binarize(intensities, seed=0, epoch=1, index=0))
+    assert not torch.equal(pixels, binarize(intensities, seed=0, epoch=2, index=0))
+
+
+def save_striped_png(path: Path, width: int, height: int) -> None:
+    """Red left third, green middle third, blue right third."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    third = width // 3
+    pixels[:, :third, 0] = 255
+    pixels[:, third : 2 * third, 1] = 255
+    pixels[:, 2 * third :, 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_image_folder_resizes_centre_crops_and_labels_by_sub_folder(tmp_path: Path) -> None:
+    for name in ("cats/a.png", "cats/b.PNG", "dogs/c.png", "dogs/deep/d.png"):
+        save_striped_png(tmp_path / "pets" / name, width=30, height=10)
+    (tmp_path / "pets" / "notes.txt").write_text("not an image")
+    data = DataSpec(dataset="image_folder", root="pets", image_size=8, val_fraction=0.25)
+
+    datasets = load_dataset(data, tmp_path, seed=0)
+    images = torch.cat([images_of(datasets.train), images_of(datasets.val)])
+    labels = torch.cat([labels_of(datasets.train), labels_of(datasets.val)])
+
+    assert images.shape == (4, 3, 8, 8)
+    assert (datasets.shape.levels, datasets.num_classes) == (256, 2)
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    # Scaled to 24x8, the centre 8 columns are the green stripe.
+    assert (images[:, 1] > 200).all() and (images[:, 0] < 60).all() and (images[:, 2] < 60).all()
+
+    gray = load_dataset(data.model_copy(update={"grayscale": True}), tmp_path, seed=0)
+    assert gray.shape.channels == 1 and gray.train[0][0].shape == (1, 8, 8)
+
+
+def test_image_folder_names_a_corrupt_file(tmp_path: Path) -> None:
+    save_striped_png(tmp_path / "pets" / "good.png", 12, 12)
+    corrupt = tmp_path / "pets" / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8 this is not a jpeg")
+    data = DataSpec(dataset="image_folder", root="pets", image_size=8)
+    with pytest.raises(DatasetError, match=r"broken\.jpg"):
+        load_dataset(data, tmp_path, seed=0)
+
+
+def test_image_folder_without_images_says_what_it_expected(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    data = DataSpec(dataset="image_folder", root="empty")
+    with pytest.raises(DatasetError, match=r"no images in .*empty \(expected files ending .png"):
+        load_dataset(data, tmp_path, seed=0)
+
+
+def test_root_that_symlinks_outside_the_data_dir_is_rejected(tmp_path: Path) -> None:
+    data_dir, outside = tmp_path / "data", tmp_path / "outside"
+    save_striped_png(outside / "x.png", 12, 12)
+    data_dir.mkdir()
+    (data_dir / "escape").symlink_to(outside)
+    data = DataSpec(dataset="image_folder", root="escape")
+    with pytest.raises(DatasetError, match="outside GENFLEET_DATA_DIR"):
+        load_dataset(data, data_dir, seed=0)
+
+
+def test_image_file_that_symlinks_outside_is_rejected(tmp_path: Path) -> None:
+    save_striped_png(tmp_path / "outside" / "secret.png", 12, 12)
+    save_striped_png(tmp_path / "data" / "pets" / "ok.png", 12, 12)
+    (tmp_path / "data" / "pets" / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    data = DataSpec(dataset="image_folder", root="pets", image_size=8)
+    with pytest.raises(DatasetError, match=r"link.png links outside"):
+        load_dataset(data, tmp_path / "data", seed=0)

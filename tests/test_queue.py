@@ -1,0 +1,515 @@
+"""The job queue against real redis-server processes: ordering, leases, crashes, retries."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from jobs.keys import IDEMPOTENCY_TTL_SECONDS
+from jobs.queue import Backoff, JobQueue, Resources
+from jobs.records import InvalidTransition, JobNotFound, JobStatus, LeaseLost
+from jobs.spec import JobSpec
+from jobs.store import JobStore
+from tests.redis_fixtures import RedisProcess
+
+
+def make_spec(
+    priority: int = 5, max_attempts: int = 3, gpus: int = 0, cpus: float = 1.0, name: str = "job"
+) -> JobSpec:
+    scaling = {"num_workers": max(gpus, 1), "cpus_per_worker": cpus / max(gpus, 1)}
+    if gpus:
+        scaling |= {"use_gpu": True, "gpus_per_worker": 1.0}
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "model": {"type": "pixelcnn"},
+            "data": {"dataset": "digits"},
+            "scaling": scaling,
+        }
+    )
+
+
+def server_time(client: redis.Redis) -> float:
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1e6
+
+
+def wait_for_lease_to_expire(queue: JobQueue, job_id: str) -> None:
+    deadline = JobStore(queue.redis).get(job_id).lease_deadline
+    assert deadline is not None
+    time.sleep(max(0.0, deadline - server_time(queue.redis)) + 0.02)
+
+
+def claim_when_due(queue: JobQueue, worker_id: str, timeout: float = 5.0):
+    """Poll claim until a job comes (a retry waiting out its backoff), or fail the test."""
+    give_up = time.monotonic() + timeout
+    while (job := queue.claim(worker_id, lease_seconds=30)) is None:
+        assert time.monotonic() < give_up, "no job became claimable"
+        time.sleep(0.01)
+    return job
+
+
+@pytest.fixture
+def queue(redis_client: redis.Redis) -> JobQueue:
+    return JobQueue(redis_client, backoff=Backoff(base_seconds=0.05, cap_seconds=0.05))
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client)
+
+
+def test_claims_follow_priority_then_submit_order(queue: JobQueue) -> None:
+    submitted = [(priority, queue.submit(make_spec(priority))) for priority in (3, 9, 3, 0, 9, 5)]
+    expected = [job_id for _, job_id in sorted(submitted, key=lambda pair: -pair[0])]
+
+    claimed = [queue.claim("worker", lease_seconds=30).job_id for _ in submitted]
+
+    assert claimed == expected
+    assert queue.claim("worker", lease_seconds=30) is None
+
+
+def test_priority_argument_overrides_the_spec(queue: JobQueue, store: JobStore) -> None:
+    low = queue.submit(make_spec(priority=5), priority=1)
+    high = queue.submit(make_spec(priority=1), priority=8)
+
+    assert queue.queued() == [high, low]
+    assert store.get(low).priority == 1
+    with pytest.raises(ValueError, match=re.escape("priority: must be an integer 0..9, got 10")):
+        queue.submit(make_spec(), priority=10)
+
+
+def test_submit_with_same_idempotency_key_returns_same_job(
+    queue: JobQueue, redis_client: redis.Redis
+) -> None:
+    first = queue.submit(make_spec(), idempotency_key="upload-42")
+    again = queue.submit(make_spec(priority=9), idempotency_key="upload-42")
+    other = queue.submit(make_spec(), idempotency_key="upload-43")
+
+    assert again == first
+    assert other != first
+    assert queue.queued() == [first, other]
+    ttl = redis_client.ttl(queue.keys.idempotency("upload-42"))
+    assert IDEMPOTENCY_TTL_SECONDS - 5 < ttl <= IDEMPOTENCY_TTL_SECONDS
+
+
+def test_submit_stores_record_with_resource_needs(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec(gpus=4, cpus=8, name="big run", max_attempts=7))
+
+    record = store.get(job_id)
+    assert (record.needs_cpus, record.needs_gpus) == (8.0, 4.0)
+    assert (record.name, record.kind, record.model_type, record.dataset) == (
+        "big run", "train", "pixelcnn", "digits",
+    )  # fmt: skip
+    assert (record.status, record.attempts, record.max_attempts) == (JobStatus.QUEUED, 0, 7)
+    assert record.job_spec() == make_spec(gpus=4, cpus=8, name="big run", max_attempts=7)
+    assert record.created_at == record.updated_at
+    assert [event.message for event in store.events(job_id)] == ["submitted"]
+
+
+def _claim_until_empty(port: int, worker_id: str, start_together, claimed) -> None:
+    """Runs in a spawned process: claim and complete until the queue is empty."""
+    queue = JobQueue(redis.Redis(host="127.0.0.1", port=port))
+    start_together.wait()
+    job_ids = []
+    while (job := queue.claim(worker_id, lease_seconds=60)) is not None:
+        job_ids.append(job.job_id)
+        assert queue.complete(job.job_id, worker_id, {"by": worker_id})
+    claimed.put(job_ids)
+
+
+def test_eight_processes_claim_each_of_500_jobs_exactly_once(
+    queue: JobQueue, store: JobStore, redis_server: RedisProcess
+) -> None:
+    submitted = {queue.submit(make_spec(priority=index % 10)) for index in range(500)}
+    spawn = multiprocessing.get_context("spawn")
+    start_together, claimed = spawn.Barrier(8), spawn.Queue()
+    workers = [
+        spawn.Process(
+            target=_claim_until_empty,
+            args=(redis_server.port, f"worker-{n}", start_together, claimed),
+        )
+        for n in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    per_worker = [claimed.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+
+    everything = [job_id for job_ids in per_worker for job_id in job_ids]
+    assert len(everything) == 500
+    assert set(everything) == submitted
+    assert sum(1 for job_ids in per_worker if job_ids) >= 2  # they really competed
+    assert store.counts_by_status()[JobStatus.SUCCEEDED] == 500
+    assert {store.get(job_id).attempts for job_id in submitted} == {1}
+
+
+def _claim_then_hang(port: int, claimed) -> None:
+    """Runs in a spawned process: claim one job with a short lease, then never renew it."""
+    queue = JobQueue(redis.Redis(host="127.0.0.1", port=port))
+    job = queue.claim("doomed-worker", lease_seconds=2.0)
+    claimed.put(job.job_id)
+    time.sleep(600)
+
+
+def test_claimed_job_returns_to_queue_when_lease_expires(
+    queue: JobQueue, store: JobStore, redis_server: RedisProcess
+) -> None:
+    job_id = queue.submit(make_spec())
+    queue.submit(make_spec())  # a later job must not overtake the crashed one
+    spawn = multiprocessing.get_context("spawn")
+    claimed = spawn.Queue()
+    worker = spawn.Process(target=_claim_then_hang, args=(redis_server.port, claimed))
+    worker.start()
+    assert claimed.get(timeout=60) == job_id
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+
+    assert queue.requeue_expired() == []  # the lease still runs
+    assert store.get(job_id).status is JobStatus.RUNNING
+    wait_for_lease_to_expire(queue, job_id)
+    assert queue.requeue_expired() == [job_id]
+
+    record = store.get(job_id)
+    assert record.status is JobStatus.QUEUED
+    assert record.last_error == "lease of worker doomed-worker expired during attempt 1"
+    assert queue.queue_position(job_id) == 0
+    again = queue.claim("rescuer", lease_seconds=30)
+    assert (again.job_id, again.attempt, again.record.owner) == (job_id, 2, "rescuer")
+
+
+def test_renewed_lease_keeps_job_from_reaper(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("worker", lease_seconds=0.3)
+
+    assert queue.renew_lease(job_id, "worker", lease_seconds=30)
+    time.sleep(0.4)
+
+    assert queue.requeue_expired() == []
+    assert store.get(job_id).status is JobStatus.RUNNING
+
+
+def test_worker_that_lost_its_lease_cannot_finish_the_job(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("slow-worker", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+    assert queue.requeue_expired() == [job_id]
+    assert queue.claim("new-worker", lease_seconds=30).attempt == 2
+
+    assert not queue.renew_lease(job_id, "slow-worker", lease_seconds=30)
+    assert not queue.complete(job_id, "slow-worker", {"loss": 1.0})
+    with pytest.raises(
+        LeaseLost, match=f"worker slow-worker no longer holds the lease on job {job_id}"
+    ):
+        queue.fail(job_id, "slow-worker", "late error")
+    assert queue.renew_lease(job_id, "new-worker", lease_seconds=30)
+    assert queue.complete(job_id, "new-worker", {"loss": 0.5})
+    assert store.get(job_id).result == {"loss": 0.5}
+
+
+def test_poison_job_is_dead_lettered_after_max_attempts_with_error_and_traceback(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec(max_attempts=3))
+
+    outcomes = []
+    for attempt in (1, 2, 3):
+        job = claim_when_due(queue, "worker")
+        assert (job.job_id, job.attempt) == (job_id, attempt)
+        traceback = f'Traceback:\n  File "train.py", line {attempt}\nRuntimeError: boom {attempt}'
+        outcomes.append(queue.fail(job_id, "worker", f"boom {attempt}", traceback))
+
+    assert outcomes == [JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.DEAD]
+    record = store.get(job_id)
+    assert (record.status, record.attempts) == (JobStatus.DEAD, 3)
+    assert record.last_error == "boom 3"
+    assert record.last_traceback.endswith("line 3\nRuntimeError: boom 3")
+    assert record.finished_at is not None and record.lease_deadline is None
+    time.sleep(0.1)  # longer than the backoff: nothing may come back
+    assert queue.claim("worker", lease_seconds=30) is None
+    statuses = [event.status for event in store.events(job_id)]
+    assert statuses == ["queued", "running", "queued", "running", "queued", "running", "dead"]
+
+
+def test_retry_waits_out_exponential_backoff(redis_client: redis.Redis, store: JobStore) -> None:
+    queue = JobQueue(redis_client, backoff=Backoff(base_seconds=0.4, cap_seconds=0.6))
+    job_id = queue.submit(make_spec(max_attempts=5))
+
+    queue.claim("worker", lease_seconds=30)
+    for expected_delay in (0.4, 0.6):  # 0.4 * 2^0, then 0.4 * 2^1 capped at 0.6
+        assert queue.fail(job_id, "worker", "flaky") is JobStatus.QUEUED
+        failed_at = store.get(job_id).updated_at
+        due = redis_client.zscore(queue.keys.delayed, job_id)
+        assert due - failed_at == pytest.approx(expected_delay, abs=1e-3)
+        assert store.get(job_id).pending_reason == f"retry after {expected_delay:.1f} s backoff"
+        assert queue.claim("worker", lease_seconds=30) is None
+        assert queue.queue_position(job_id) is None
+
+        job = claim_when_due(queue, "worker")
+        assert job.record.started_at >= due
+        assert job.record.pending_reason is None
+
+
+def test_non_retryable_failure_fails_job_at_once(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec(max_attempts=5))
+    queue.claim("worker", lease_seconds=30)
+
+    status = queue.fail(job_id, "worker", "train.lr: must be > 0", retryable=False)
+
+    assert status is JobStatus.FAILED
+    assert (store.get(job_id).status, store.get(job_id).attempts) == (JobStatus.FAILED, 1)
+    time.sleep(0.1)
+    assert queue.claim("worker", lease_seconds=30) is None
+
+
+def test_claim_with_fits_skips_big_job_without_losing_its_place(queue: JobQueue) -> None:
+    big = queue.submit(make_spec(gpus=4, cpus=8))
+    small = queue.submit(make_spec(cpus=2))
+    later_small = queue.submit(make_spec(cpus=2))
+    two_gpus_free = Resources(cpus=16, gpus=2)
+
+    assert queue.claim("worker", 30, fits=two_gpus_free).job_id == small
+    assert queue.queue_position(big) == 0
+    assert queue.claim("worker", 30, fits=Resources(cpus=1, gpus=4)) is None
+    assert queue.claim("worker", 30, fits=two_gpus_free).job_id == later_small
+    assert queue.claim("worker", 30, fits=two_gpus_free) is None
+    assert queue.claim("worker", 30, fits=Resources(cpus=8, gpus=4)).job_id == big
+
+
+def test_cancel_queued_job_removes_it_from_queue(queue: JobQueue, store: JobStore) -> None:
+    doomed = queue.submit(make_spec())
+    kept = queue.submit(make_spec())
+
+    assert queue.cancel(doomed) is JobStatus.CANCELLED
+
+    assert queue.queued() == [kept]
+    record = store.get(doomed)
+    assert record.status is JobStatus.CANCELLED and record.finished_at is not None
+    assert queue.claim("worker", 30).job_id == kept
+    assert queue.claim("worker", 30) is None
+    assert queue.cancel(doomed) is JobStatus.CANCELLED  # cancelling twice is harmless
+
+
+def test_cancel_of_job_waiting_out_backoff_keeps_it_from_coming_back(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("worker", 30)
+    queue.fail(job_id, "worker", "flaky")
+
+    assert queue.cancel(job_id) is JobStatus.CANCELLED
+    time.sleep(0.1)
+    assert queue.claim("worker", 30) is None
+    assert store.get(job_id).status is JobStatus.CANCELLED
+
+
+def test_cancel_running_job_sets_flag_until_dispatcher_marks_it_cancelled(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("worker", lease_seconds=30)
+    assert not queue.is_cancel_requested(job_id)
+
+    assert queue.cancel(job_id) is JobStatus.RUNNING
+
+    assert queue.is_cancel_requested(job_id)
+    assert store.get(job_id).status is JobStatus.RUNNING
+    assert queue.mark_cancelled(job_id, "worker")
+    record = store.get(job_id)
+    assert (record.status, record.cancel_requested) == (JobStatus.CANCELLED, True)
+    assert queue.requeue_expired() == []
+    assert [event.message for event in store.events(job_id)][-2:] == [
+        "cancel requested",
+        "stopped after a cancel request",
+    ]
+
+
+def test_running_job_with_cancel_requested_is_not_retried(queue: JobQueue, store: JobStore) -> None:
+    failing, crashing = queue.submit(make_spec()), queue.submit(make_spec())
+    queue.claim("worker", lease_seconds=30)
+    queue.claim("worker", lease_seconds=0.1)
+    queue.cancel(failing)
+    queue.cancel(crashing)
+
+    assert queue.fail(failing, "worker", "killed by the dispatcher") is JobStatus.CANCELLED
+    wait_for_lease_to_expire(queue, crashing)
+    assert queue.requeue_expired() == [crashing]
+    assert store.get(crashing).status is JobStatus.CANCELLED
+
+
+def test_set_priority_resorts_queued_job_and_keeps_fifo_among_equals(
+    queue: JobQueue, store: JobStore
+) -> None:
+    first, second, third = (queue.submit(make_spec(priority=5)) for _ in range(3))
+
+    queue.set_priority(third, 9)
+    assert queue.queued() == [third, first, second]
+    queue.set_priority(third, 5)
+    assert queue.queued() == [first, second, third]
+    queue.set_priority(first, 0)
+    assert queue.queued() == [second, third, first]
+    assert store.get(first).priority == 0
+    with pytest.raises(ValueError, match=re.escape("priority: must be an integer 0..9, got 12")):
+        queue.set_priority(first, 12)
+
+
+def test_retry_puts_dead_job_back_with_attempts_reset(queue: JobQueue, store: JobStore) -> None:
+    dead = queue.submit(make_spec(max_attempts=1))
+    queue.claim("worker", lease_seconds=30)
+    assert queue.fail(dead, "worker", "out of memory") is JobStatus.DEAD
+    waiting = queue.submit(make_spec())
+
+    queue.retry(dead)
+
+    record = store.get(dead)
+    assert (record.status, record.attempts, record.finished_at) == (JobStatus.QUEUED, 0, None)
+    assert queue.queued() == [waiting, dead]  # behind jobs queued before the retry
+    queue.claim("worker", lease_seconds=30)
+    again = queue.claim("worker", lease_seconds=30)
+    assert (again.job_id, again.attempt) == (dead, 1)
+
+
+def test_illegal_transitions_name_the_job_its_status_and_what_is_allowed(
+    queue: JobQueue,
+) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("worker", lease_seconds=30)
+
+    with pytest.raises(InvalidTransition) as retry_running:
+        queue.retry(job_id)
+    assert str(retry_running.value) == (
+        f"cannot retry job {job_id}: it is running; retry needs a failed, dead or cancelled job"
+    )
+    queue.complete(job_id, "worker", {})
+    with pytest.raises(InvalidTransition, match=f"cannot cancel job {job_id}: it is succeeded"):
+        queue.cancel(job_id)
+    with pytest.raises(InvalidTransition, match="it is succeeded; reprioritise needs a queued"):
+        queue.set_priority(job_id, 1)
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda queue: queue.cancel("nope"),
+        lambda queue: queue.retry("nope"),
+        lambda queue: queue.set_priority("nope", 3),
+        lambda queue: queue.renew_lease("nope", "worker", 30),
+        lambda queue: queue.complete("nope", "worker", {}),
+        lambda queue: queue.fail("nope", "worker", "error"),
+        lambda queue: queue.mark_cancelled("nope", "worker"),
+        lambda queue: queue.is_cancel_requested("nope"),
+        lambda queue: queue.set_pending_reason("nope", "waiting"),
+    ],
+)
+def test_unknown_job_id_raises_job_not_found(
+    queue: JobQueue, store: JobStore, action: Callable[[JobQueue], object]
+) -> None:
+    with pytest.raises(JobNotFound, match="no job with id 'nope'"):
+        action(queue)
+    assert store.counts_by_status() == dict.fromkeys(JobStatus, 0)  # nothing half-written
+
+
+def test_reaper_skips_job_still_running_elsewhere(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec())
+    queue.claim("worker", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+    asked = []
+
+    def still_running(candidate: str) -> bool:
+        asked.append(candidate)
+        return True
+
+    assert queue.requeue_expired(still_running) == []
+    assert asked == [job_id]
+    assert store.get(job_id).status is JobStatus.RUNNING
+    assert queue.requeue_expired(lambda candidate: False) == [job_id]
+    assert store.get(job_id).status is JobStatus.QUEUED
+
+
+def test_lease_expiry_on_last_attempt_dead_letters_the_job(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec(max_attempts=1))
+    queue.claim("worker", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+
+    assert queue.requeue_expired() == [job_id]
+
+    record = store.get(job_id)
+    assert (record.status, record.last_error) == (
+        JobStatus.DEAD,
+        "lease of worker worker expired during attempt 1",
+    )
+    assert queue.claim("worker", lease_seconds=30) is None
+
+
+def test_reject_fails_a_queued_job_that_can_never_run(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec(gpus=8, cpus=8))
+    queue.claim("worker", 30, fits=Resources(cpus=1, gpus=0))  # leaves it waiting
+
+    queue.reject(job_id, "needs 8 GPUs, the whole cluster has 4")
+
+    record = store.get(job_id)
+    assert (record.status, record.last_error) == (
+        JobStatus.FAILED,
+        "needs 8 GPUs, the whole cluster has 4",
+    )
+    assert record.status.is_final and record.finished_at is not None
+    assert queue.queued() == []
+    with pytest.raises(InvalidTransition, match="it is failed; reject needs a queued job"):
+        queue.reject(job_id, "again")
+
+
+def test_only_queued_and_running_are_not_final() -> None:
+    assert [status for status in JobStatus if not status.is_final] == [
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+    ]
+
+
+def test_pending_reason_shows_on_record_until_claimed(queue: JobQueue, store: JobStore) -> None:
+    job_id = queue.submit(make_spec(gpus=4))
+
+    queue.set_pending_reason(job_id, "needs 4 GPUs, 2 free, 0 jobs ahead")
+
+    assert store.get(job_id).pending_reason == "needs 4 GPUs, 2 free, 0 jobs ahead"
+    queue.claim("worker", lease_seconds=30)
+    assert store.get(job_id).pending_reason is None
+
+
+def test_queue_survives_redis_sigkill_and_restart_from_aof(
+    redis_process: Callable[..., RedisProcess],
+) -> None:
+    """1,000 queued jobs outlive a SIGKILL of redis-server, in their order.
+
+    The server runs the embedded one's `appendfsync everysec`, and the test waits 1.5 s before
+    the kill: everysec fsyncs within a second, so after the wait the jobs are on disk and would
+    survive even a machine crash, which is the guarantee genfleet documents. (A SIGKILL of the
+    process alone keeps whatever Redis already wrote to the file, fsynced or not.)
+    """
+    server = redis_process(appendfsync="everysec")
+    queue = JobQueue(server.client())
+    submitted = [
+        (index % 10, queue.submit(make_spec(priority=index % 10))) for index in range(1000)
+    ]
+    expected = [job_id for _, job_id in sorted(submitted, key=lambda pair: -pair[0])]
+    time.sleep(1.5)
+
+    server.kill()
+    server.start()
+
+    restarted = JobQueue(server.client())
+    assert restarted.queued(limit=2000) == expected
+    assert JobStore(server.client()).counts_by_status()[JobStatus.QUEUED] == 1000
+    first = restarted.claim("worker", lease_seconds=30)  # scripts reload after the restart
+    assert (first.job_id, first.attempt, first.spec) == (expected[0], 1, make_spec(priority=9))

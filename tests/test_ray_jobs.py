@@ -1,0 +1,170 @@
+"""Queued jobs run on a real local Ray cluster: Train runs, Tune sweeps, cancel, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from jobs.records import JobStatus
+from jobs.spec import validate_spec_dict
+from tests.ray_fixtures import Stack
+
+pytestmark = pytest.mark.ray
+
+FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD}
+
+
+def digits_spec(**overrides: object) -> dict:
+    spec = {
+        "name": "ray-test",
+        "model": {"type": "pixelcnn", "params": {"layers": 1, "channels": 4, "output_hidden": 8}},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 2, "batch_size": 64, "max_steps_per_epoch": 4, "num_samples": 4},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            spec.setdefault(section, {})[field] = value
+        else:
+            spec[section] = value
+    return spec
+
+
+def submit(stack: Stack, **overrides: object) -> str:
+    return stack.queue.submit(validate_spec_dict(digits_spec(**overrides)))
+
+
+def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(stack: Stack, dispatcher) -> None:
+    job_id = submit(stack)
+    record = stack.wait_final(job_id)
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    metrics = stack.store.metrics(job_id)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(0 < m["val_bits_per_dim"] < 10 for m in metrics)
+    images = stack.store.list_images(job_id)
+    assert {(ref.name, ref.epoch) for ref in images} >= {("samples", 1), ("samples", 2)}
+    png = stack.store.get_image(job_id, "samples", 2)
+    assert png.startswith(b"\x89PNG")
+    assert stack.store.checkpoints(job_id)
+    assert record.result["checkpoint"] and Path(record.result["checkpoint"]).exists()
+    assert sorted(worker["rank"] for worker in record.result["workers"]) == [0, 1]
+
+
+def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, dispatcher) -> None:
+    sweep = {
+        "metric": "val_bits_per_dim",
+        "mode": "min",
+        "num_samples": 4,
+        "max_concurrent": 2,
+        "scheduler": "asha",
+        "grace_period": 1,
+        "space": {"train.lr": {"loguniform": [0.0003, 0.03]}},
+    }
+    job_id = submit(
+        stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=1
+    )
+    record = stack.wait_final(job_id, timeout=300)
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    trials = stack.store.trials(job_id)
+    assert len(trials) == 4
+    best = record.result["best_trial"]
+    assert best in trials
+    assert record.result["best_metric"] == pytest.approx(
+        min(t["metric"] for t in trials.values() if t["metric"] is not None)
+    )
+    for trial_id, info in trials.items():
+        assert info["status"] in {"completed", "stopped"}, info
+        curve = stack.store.metrics(job_id, trial=trial_id)
+        assert len(curve) == info["iterations"] >= 1
+        if info["status"] == "stopped":
+            assert "ASHA" in info["reason"]
+
+
+def test_cancelled_running_job_stops_within_ten_seconds_and_frees_resources(
+    stack: Stack, dispatcher
+) -> None:
+    job_id = submit(stack, train__epochs=200, train__max_steps_per_epoch=50)
+    stack.wait_for(job_id, lambda r: bool(stack.store.metrics(job_id)), timeout=120)
+    requested = time.monotonic()
+    stack.queue.cancel(job_id)
+    record = stack.wait_status(job_id, JobStatus.CANCELLED, timeout=10)
+    assert time.monotonic() - requested < 10
+    assert record.status == JobStatus.CANCELLED
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "CPUs still held after cancel"
+        time.sleep(0.5)
+
+
+def test_job_needing_more_gpus_than_the_cluster_has_fails_with_the_reason(
+    stack: Stack, dispatcher
+) -> None:
+    job_id = submit(stack, scaling={"num_workers": 2, "use_gpu": True, "gpus_per_worker": 4})
+    record = stack.wait_final(job_id, timeout=30)
+    assert record.status == JobStatus.FAILED
+    assert record.last_error == "needs 8 GPUs, the cluster has 0 GPUs"
+
+
+def test_killed_train_worker_restarts_from_the_last_checkpoint(stack: Stack, dispatcher) -> None:
+    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+    stack.wait_for(job_id, lambda r: len(stack.store.metrics(job_id)) >= 2, timeout=120)
+    workers = dispatcher.active[job_id].workers
+    victim = workers[1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    record = stack.wait_final(job_id, timeout=240)
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    epochs = [m["epoch"] for m in stack.store.metrics(job_id)]
+    assert epochs[-1] == 6
+    logs = "\n".join(stack.store.logs(job_id, tail=500))
+    assert "resumed from" in logs
+    resumed_after = int(logs.split("resumed from", 1)[1].split("after epoch ")[1].split(",")[0])
+    assert resumed_after >= 2
+    # the curve after the restart continues from the checkpoint's epoch
+    after = epochs[epochs.index(resumed_after) + 1 :]
+    assert after[0] == resumed_after + 1
+
+
+def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
+    stack: Stack, local_ray: str, tmp_path: Path
+) -> None:
+    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+    env = {
+        **os.environ,
+        "GENFLEET_REDIS_URL": stack.settings.redis_url,
+        "GENFLEET_PREFIX": stack.settings.prefix,
+        "GENFLEET_STORAGE": stack.settings.storage,
+        "GENFLEET_HOME": str(stack.settings.home),
+    }
+    command = [sys.executable, "-m", "cluster.cli", "worker", "--ray-address", local_ray]
+    first = subprocess.Popen([*command, "--lease-seconds", "4"], env=env)
+    try:
+        stack.wait_for(job_id, lambda r: len(stack.store.metrics(job_id)) >= 2, timeout=150)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at_epoch = len(stack.store.metrics(job_id))
+        second = subprocess.Popen([*command, "--lease-seconds", "4"], env=env)
+        try:
+            record = stack.wait_final(job_id, timeout=240)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    assert record.attempts == 2
+    statuses = [event.status for event in stack.store.events(job_id)]
+    assert statuses.count(JobStatus.SUCCEEDED) == 1
+    logs = "\n".join(stack.store.logs(job_id, tail=500))
+    assert "attempt 2: resuming from its last checkpoint" in logs
+    assert "resumed from" in logs
+    assert killed_at_epoch >= 2
+

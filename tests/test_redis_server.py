@@ -1,0 +1,198 @@
+"""The embedded Redis: started once per GENFLEET_HOME, reused, locked down, persistent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from jobs.redis_server import connect, describe_url, ensure_embedded, stop_embedded
+from jobs.settings import Settings
+
+
+def settings_for(monkeypatch: pytest.MonkeyPatch, home: Path, url: str | None) -> Settings:
+    monkeypatch.setenv("GENFLEET_HOME", str(home))
+    if url is None:
+        monkeypatch.delenv("GENFLEET_REDIS_URL", raising=False)
+    else:
+        monkeypatch.setenv("GENFLEET_REDIS_URL", url)
+    return Settings.from_env()
+
+
+def server_pid(home: Path) -> int:
+    return int((home / "redis" / "redis.pid").read_text())
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (an exited daemon waits for its reaper a while)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until_exited(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while is_running(pid):
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        time.sleep(0.02)
+
+
+def without_retries(**kwargs: object) -> redis.Redis:
+    return redis.Redis(retry=Retry(NoBackoff(), 0), **kwargs)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A GENFLEET_HOME whose embedded server, and any a test left behind, is stopped after."""
+    yield tmp_path
+    pid_file = tmp_path / "redis" / "redis.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    stop_embedded(tmp_path)
+    if pid is not None and is_running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_second_call_reuses_the_running_server(home: Path) -> None:
+    url = ensure_embedded(home)
+    pid = server_pid(home)
+    redis.Redis.from_url(url).set("genfleet:probe", b"\x00\xff")
+
+    again = ensure_embedded(home)
+
+    assert again == url
+    assert server_pid(home) == pid
+    assert redis.Redis.from_url(again).get("genfleet:probe") == b"\x00\xff"
+    assert psutil.Process(pid).name().startswith("redis-server")
+
+
+def test_server_refuses_clients_without_the_password(home: Path) -> None:
+    url = ensure_embedded(home)
+    port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+    password = (home / "redis" / "password").read_text()
+
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        without_retries(host="127.0.0.1", port=port).ping()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        without_retries(host="127.0.0.1", port=port, password="guess").ping()
+    assert f":{password}@" in url and len(password) >= 40
+    assert stat.S_IMODE((home / "redis" / "password").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "redis" / "redis.conf").stat().st_mode) == 0o600
+
+
+def test_server_binds_loopback_only_and_persists_every_write(home: Path) -> None:
+    client = redis.Redis.from_url(ensure_embedded(home))
+
+    config = {
+        name: client.config_get(name)[name]
+        for name in ("bind", "protected-mode", "appendonly", "appendfsync", "maxmemory-policy")
+    }
+
+    assert config == {
+        "bind": "127.0.0.1",
+        "protected-mode": "yes",
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "maxmemory-policy": "noeviction",
+    }
+    port = client.connection_pool.connection_kwargs["port"]
+    listening = {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.Process(server_pid(home)).net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    assert listening == {("127.0.0.1", port)}
+
+
+def test_stale_pid_file_gets_a_fresh_server_with_the_same_data(home: Path) -> None:
+    redis.Redis.from_url(ensure_embedded(home)).rpush("genfleet:queue-ish", b"job-1", b"job-2")
+    dead_pid = server_pid(home)
+    os.kill(dead_pid, signal.SIGKILL)
+    wait_until_exited(dead_pid)
+
+    url = ensure_embedded(home)
+
+    assert server_pid(home) != dead_pid
+    assert redis.Redis.from_url(url).lrange("genfleet:queue-ish", 0, -1) == [b"job-1", b"job-2"]
+
+
+def test_pid_file_naming_another_process_is_treated_as_stale(home: Path) -> None:
+    ensure_embedded(home)
+    assert stop_embedded(home)
+    (home / "redis" / "redis.pid").write_text(str(os.getpid()))  # alive, but not Redis
+
+    url = ensure_embedded(home)
+
+    assert server_pid(home) != os.getpid()
+    assert redis.Redis.from_url(url).ping()
+
+
+def test_stop_embedded_shuts_the_server_down(home: Path) -> None:
+    ensure_embedded(home)
+    pid = server_pid(home)
+
+    assert stop_embedded(home)
+
+    assert not is_running(pid)
+    assert not stop_embedded(home)
+
+
+def test_connect_starts_embedded_server_when_no_url_is_set(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect(settings_for(monkeypatch, home, url=None))
+
+    client.set("genfleet:bytes", b"\x89PNG")
+
+    assert client.get("genfleet:bytes") == b"\x89PNG"  # raw bytes: decode_responses=False
+    port = client.connection_pool.connection_kwargs["port"]
+    assert describe_url(client) == f"redis://127.0.0.1:{port}/0 (password set)"
+
+
+def test_connect_warns_about_a_remote_redis_without_password_or_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.warns(UserWarning, match="points at 10.1.2.3 without a password or TLS"):
+        connect(settings_for(monkeypatch, tmp_path, "redis://10.1.2.3:16379/0"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@10.1.2.3:16379/0",
+        "rediss://10.1.2.3:16379/0",
+        "redis://127.0.0.1:16379/0",
+        "redis://localhost:16379/0",
+        "redis://[::1]:16379/0",
+    ],
+)
+def test_connect_stays_quiet_with_password_tls_or_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = connect(settings_for(monkeypatch, tmp_path, url))
+    assert client.connection_pool.connection_kwargs["port"] == 16379
+    assert not (tmp_path / "redis").exists()  # no embedded server when a URL is given
+
+
+@pytest.mark.parametrize(
+    ("url", "described"),
+    [
+        ("redis://:s3cret@10.1.2.3:16379/2", "redis://10.1.2.3:16379/2 (password set)"),
+        ("rediss://10.1.2.3:16379/0", "rediss://10.1.2.3:16379/0 (no password)"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock (password set)"),
+    ],
+)
+def test_describe_url_never_shows_the_password(url: str, described: str) -> None:
+    assert describe_url(redis.Redis.from_url(url)) == described

@@ -1,0 +1,462 @@
+"""The one training loop, for every model, `genfleet run-local`, Ray Train workers and Tune trials.
+
+It has torchtune's visible recipe steps (genfleet issue 3, section 4): `setup`, then per epoch
+`train_epoch`, `evaluate`, `sample`, `save_checkpoint`; `load_checkpoint` on resume; `cleanup`.
+Nothing here knows about Ray: a DDP world is described by `RunContext` (rank, world size, a
+model-wrapping hook) and metric sums are all-reduced whenever torch.distributed is initialised.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import SGD, Adam, AdamW, Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LambdaLR, LRScheduler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from jobs.spec import JobSpec, TrainSpec
+from trainers import checkpoint
+from trainers.api import GenerativeModel, nats_to_bits_per_dim
+from trainers.data import Datasets, load_dataset
+from trainers.images import levels_to_png
+from trainers.models import build_model
+from trainers.quality import (
+    FeatureClassifier,
+    classifier_frechet_distance,
+    train_feature_classifier,
+)
+from trainers.reporter import Reporter
+
+CPU = torch.device("cpu")
+VISUAL_IMAGES = 8  # val images shown with their reconstructions / completions
+SGD_MOMENTUM = 0.9  # the spec has no momentum field; plain SGD is too slow to be a useful choice
+# Sample quality (FCD, trainers/quality.py) for models whose likelihood is absent or a bound.
+FCD_OBJECTIVES = ("adversarial", "elbo")
+FCD_IMAGES = 1000  # at most, real (val) and generated; FCD rises as the count falls
+FCD_CLASSIFIER_IMAGES = 10_000  # train images the feature classifier learns from
+FCD_CLASSIFIER_EPOCHS = 3
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; retrying the same spec would fail the same way."""
+
+    def __init__(self, epoch: int, step: int, phase: str, value: float) -> None:
+        super().__init__(f"loss of phase {phase!r} is {value} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.phase = epoch, step, phase
+
+
+class TrainingCancelled(RuntimeError):
+    """`RunContext.should_stop` asked the run to stop before its last epoch."""
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how one worker runs: everything a spec does not say."""
+
+    data_dir: Path
+    checkpoint_dir: Path
+    device: torch.device = CPU
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # DDP / prepare_model
+    resume_from: Path | None = None  # a checkpoint folder
+    should_stop: Callable[[], bool] = _never  # polled every step; True cancels the run
+    on_batch: Callable[[int, int, int], None] | None = None  # (epoch, batch, batches) progress
+    keep_checkpoints: int = 2  # newest local checkpoint folders kept
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def train_job(spec: JobSpec, reporter: Reporter, context: RunContext) -> dict[str, Any]:
+    """Train `spec` to its last epoch and return the last epoch's metrics."""
+    run = TrainingRun(spec, reporter, context)
+    try:
+        run.setup()
+        return run.train()
+    finally:
+        run.cleanup()
+
+
+class TrainingRun:
+    def __init__(self, spec: JobSpec, reporter: Reporter, context: RunContext) -> None:
+        self.spec = spec
+        self.train_spec = spec.train
+        self.reporter = reporter
+        self.context = context
+        self.device = context.device
+        self.epoch = 0  # last completed epoch
+        self.step = 0  # batches trained so far
+        self.classifier: FeatureClassifier | None = None  # for FCD, built on first use
+
+    def setup(self) -> None:
+        # Ranks start from different seeds so dropout and latent noise differ between them;
+        # DDP broadcasts rank 0's initial weights, so the models still start equal.
+        checkpoint.seed_everything(self.train_spec.seed + self.context.rank)
+        self.data = load_dataset(self.spec.data, self.context.data_dir, self.train_spec.seed)
+        self.dims = self.data.shape.dims
+        self.model = build_model(
+            self.spec.model.type, self.spec.model.params, self.data.shape, self.data.num_classes
+        ).to(self.device)
+        self._setup_loaders(self.data)
+        total_steps = self.train_spec.epochs * self.steps_per_epoch
+        betas = getattr(self.model, "adam_betas", None)
+        self.optimizers = {
+            phase: build_optimizer(self.model.phase_parameters(phase), self.train_spec, betas)
+            for phase in self.model.phases
+        }
+        self.schedulers = {
+            phase: build_schedule(optimizer, self.train_spec, total_steps)
+            for phase, optimizer in self.optimizers.items()
+        }
+        ema_decay = getattr(self.model.params, "ema_decay", 0.0)
+        self.ema = WeightEMA(self.model, ema_decay) if self.model.uses_ema and ema_decay else None
+        if self.context.resume_from is not None:
+            self.load_checkpoint(self.context.resume_from)
+        # Wrapped last: DDP broadcasts rank 0's weights, which must already be the resumed ones.
+        wrap = self.context.wrap_model
+        self.trained_module = wrap(self.model) if wrap else self.model
+        if self.context.is_main:
+            self.reporter.info(self.run_info())
+
+    def _setup_loaders(self, data: Datasets) -> None:
+        batch_size = self.train_spec.batch_size
+        rank, world = self.context.rank, self.context.world_size
+        # Data order is a function of (seed, epoch) alone, so resuming needs no sampler state.
+        self.train_sampler = DistributedSampler(
+            data.train, num_replicas=world, rank=rank, shuffle=True, seed=self.train_spec.seed
+        )
+        # A 1-image last batch breaks batch norm and adds a noisy step: drop it when possible.
+        drop_last = len(self.train_sampler) > batch_size
+        self.train_loader = DataLoader(
+            data.train, batch_size, sampler=self.train_sampler, drop_last=drop_last
+        )
+        batches = len(self.train_loader)
+        self.steps_per_epoch = min(batches, self.train_spec.max_steps_per_epoch or batches)
+        # Every val image exactly once over all ranks (DistributedSampler would pad with
+        # repeats), in order, last batch kept: likelihood sums must be exact.
+        val_shard = Subset(data.val, range(rank, len(data.val), world))  # type: ignore[arg-type]
+        self.val_loader = DataLoader(val_shard, batch_size, shuffle=False)
+        count = min(VISUAL_IMAGES, len(data.val))  # type: ignore[arg-type]
+        images, labels = zip(*(data.val[i] for i in range(count)), strict=True)
+        self.visual_batch = (torch.stack(images), torch.stack(labels))
+
+    def run_info(self) -> dict[str, Any]:
+        shape = self.data.shape
+        return {
+            "model": self.spec.model.type,
+            "objective": self.model.objective,
+            "likelihood": likelihood_kind(self.model),
+            "dataset": self.spec.data.dataset,
+            "shape": [shape.channels, shape.height, shape.width],
+            "levels": shape.levels,
+            "dims": shape.dims,
+            "binarization": self.data.binarization,
+            "num_classes": self.data.num_classes,
+            "train_images": len(self.data.train),  # type: ignore[arg-type]
+            "val_images": len(self.data.val),  # type: ignore[arg-type]
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.context.world_size,
+            "ema": self.ema is not None,
+        }
+
+    def train(self) -> dict[str, Any]:
+        last: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
+        epochs = self.train_spec.epochs
+        for epoch in range(self.epoch + 1, epochs + 1):
+            final = epoch == epochs
+            metrics: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if final or epoch % self.train_spec.eval_every == 0:
+                metrics.update(self.evaluate(final))
+                if self.context.is_main:
+                    metrics.update(self.sample_quality())
+            if self.context.is_main and (final or epoch % self.train_spec.sample_every == 0):
+                self.sample(epoch)
+            self.epoch = epoch
+            if final or epoch % self.train_spec.checkpoint_every == 0:
+                self.save_checkpoint(epoch)
+            self.reporter.metrics(metrics)
+            last = metrics
+        return last
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.train_sampler.set_epoch(epoch)
+        set_data_epoch = getattr(self.data.train, "set_epoch", None)
+        if set_data_epoch is not None:
+            set_data_epoch(epoch)  # dynamic binarization redraws its pixels
+        self.trained_module.train()
+        sums = MetricSums(self.device)
+        images_seen = torch.zeros((), dtype=torch.float64, device=self.device)
+        started = time.perf_counter()
+        for batch, (images, labels) in enumerate(self.train_loader, start=1):
+            images, labels = images.to(self.device), labels.to(self.device)
+            for phase in self.model.phases:
+                terms = self.train_phase(epoch, phase, images, labels)
+                sums.add(terms, "train_" if phase == "train" else f"train_{phase}_")
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+            images_seen += len(images)
+            if self.context.on_batch is not None:
+                self.context.on_batch(epoch, batch, self.steps_per_epoch)
+            if batch == self.steps_per_epoch:
+                break
+        elapsed = time.perf_counter() - started
+        images_per_s = all_reduce_sum(images_seen).item() / elapsed
+        means = with_bits_per_dim(sums.reduce_means(), "train_", self.dims)
+        lr = self.optimizers[self.model.phases[0]].param_groups[0]["lr"]
+        return {"step": self.step, "lr": lr, "images_per_s": images_per_s, **means}
+
+    def train_phase(
+        self, epoch: int, phase: str, images: Tensor, labels: Tensor
+    ) -> dict[str, Tensor]:
+        optimizer = self.optimizers[phase]
+        optimizer.zero_grad(set_to_none=True)
+        use_bf16 = self.train_spec.precision == "bf16" and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            terms = self.trained_module(images, labels, phase)
+        loss = terms["loss"].float().mean()
+        self._stop_if_needed(epoch, phase, loss)
+        loss.backward()
+        if self.train_spec.grad_clip is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.train_spec.grad_clip)
+        optimizer.step()
+        self.schedulers[phase].step()
+        return terms
+
+    def _stop_if_needed(self, epoch: int, phase: str, loss: Tensor) -> None:
+        """Raise on a non-finite loss or a cancel, on every rank together (none may hang in DDP)."""
+        asked_to_stop = 1.0 if self.context.should_stop() else 0.0
+        not_finite = (~torch.isfinite(loss.detach())).double()
+        flags = torch.stack([not_finite, loss.new_tensor(asked_to_stop, dtype=torch.float64)])
+        non_finite, stop = all_reduce_sum(flags).tolist()
+        if non_finite:
+            raise NonFiniteLossError(epoch, self.step + 1, phase, loss.item())
+        if stop:
+            raise TrainingCancelled(f"cancelled at epoch {epoch}, step {self.step + 1}")
+
+    @property
+    def inference_model(self) -> GenerativeModel:
+        """The EMA weights when the model keeps them (PixelCNN++ evaluates with them)."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """`val_<key>` means over the whole val set; `final` asks models for costly metrics."""
+        sums = MetricSums(self.device)
+        with evaluation_mode(self.inference_model) as model:
+            for images, labels in self.val_loader:
+                terms = model.evaluate(images.to(self.device), labels.to(self.device), final)
+                sums.add(terms, "val_")
+        return with_bits_per_dim(sums.reduce_means(), "val_", self.dims)
+
+    def sample_quality(self) -> dict[str, float]:
+        """`val_fcd`: Frechet classifier distance of fixed-seed samples to val images (rank 0)."""
+        classifier = self._feature_classifier()
+        if classifier is None:
+            return {}
+        count = min(FCD_IMAGES, len(self.data.val))  # type: ignore[arg-type]
+        real = torch.stack([self.data.val[i][0] for i in range(count)])  # (N, C, H, W)
+        labels = (torch.arange(count) % self.data.num_classes).to(self.device)
+        with evaluation_mode(self.inference_model) as model:
+            fake = model.sample(labels, torch.Generator().manual_seed(self.train_spec.seed))
+        levels = self.data.shape.levels
+        return {"val_fcd": classifier_frechet_distance(classifier, real, fake.cpu(), levels)}
+
+    def _feature_classifier(self) -> FeatureClassifier | None:
+        """Trained on first use (cached beside the checkpoints); None where FCD does not apply."""
+        if self.model.objective not in FCD_OBJECTIVES or self.data.num_classes < 2:
+            return None
+        if self.classifier is None:
+            count = min(FCD_CLASSIFIER_IMAGES, len(self.data.train))  # type: ignore[arg-type]
+            images, labels = zip(*(self.data.train[i] for i in range(count)), strict=True)
+            self.classifier = train_feature_classifier(
+                torch.stack(images),
+                torch.stack(labels),
+                self.data.shape.levels,
+                FCD_CLASSIFIER_EPOCHS,
+                self.train_spec.seed,
+                cache_path=self.context.checkpoint_dir / "fcd-classifier.pt",
+            )
+        return self.classifier
+
+    def sample(self, epoch: int) -> None:
+        """Sample grids from the same noise every time, so epochs and runs compare by eye."""
+        count, levels = self.train_spec.num_samples, self.data.shape.levels
+        labels = (torch.arange(count) % self.data.num_classes).to(self.device)
+        images, image_labels = (tensor.to(self.device) for tensor in self.visual_batch)
+        with evaluation_mode(self.inference_model) as model:
+            samples = model.sample(labels, torch.Generator().manual_seed(self.train_spec.seed))
+            self.reporter.image("samples", epoch, levels_to_png(samples, levels))
+            generator = torch.Generator().manual_seed(self.train_spec.seed)
+            for name, grid in model.visuals(images, image_labels, generator).items():
+                self.reporter.image(name, epoch, levels_to_png(grid, levels))
+
+    def save_checkpoint(self, epoch: int) -> None:
+        rng_states = gather_from_ranks(checkpoint.rng_state(self.device))
+        if not self.context.is_main:
+            return
+        state = {
+            "model_type": self.spec.model.type,
+            "epoch": epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "optimizers": {phase: opt.state_dict() for phase, opt in self.optimizers.items()},
+            "schedulers": {phase: s.state_dict() for phase, s in self.schedulers.items()},
+            "rng": rng_states,  # one per rank, each rank's own noise continues on resume
+        }
+        root = self.context.checkpoint_dir
+        folder = checkpoint.save_checkpoint(checkpoint.checkpoint_folder(root, epoch), state)
+        checkpoint.prune_checkpoints(root, self.context.keep_checkpoints)
+        self.reporter.checkpoint(epoch, folder)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = checkpoint.load_checkpoint(folder)
+        if state.get("model_type") != self.spec.model.type:
+            raise checkpoint.CheckpointError(
+                f"checkpoint: {folder} holds a {state.get('model_type')!r} model, "
+                f"the spec trains {self.spec.model.type!r}"
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        for phase, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][phase])
+            self.schedulers[phase].load_state_dict(state["schedulers"][phase])
+        self.epoch, self.step = state["epoch"], state["step"]
+        if self.context.rank < len(state["rng"]):
+            checkpoint.restore_rng_state(state["rng"][self.context.rank], self.device)
+        if self.context.is_main:
+            self.reporter.log(f"resumed from {folder} after epoch {self.epoch}, step {self.step}")
+
+    def cleanup(self) -> None:
+        """Drop the model, optimizer state and data, so a reused Tune actor starts out empty."""
+        for name in ("model", "trained_module", "ema", "optimizers", "schedulers", "data"):
+            self.__dict__.pop(name, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def likelihood_kind(model: GenerativeModel) -> str:
+    if model.objective == "exact_likelihood":
+        return "exact"
+    if model.objective == "elbo":
+        every = getattr(model.params, "iw_samples", None)
+        last = getattr(model.params, "iw_samples_final", None)
+        return f"bound (IWAE k={every}, k={last} at the last epoch)"
+    return "none"
+
+
+def build_optimizer(
+    params: Iterator[nn.Parameter], train: TrainSpec, betas: tuple[float, float] | None
+) -> Optimizer:
+    if train.optimizer == "sgd":
+        return SGD(params, lr=train.lr, momentum=SGD_MOMENTUM, weight_decay=train.weight_decay)
+    adam = Adam if train.optimizer == "adam" else AdamW
+    extra = {"betas": betas} if betas is not None else {}
+    return adam(params, lr=train.lr, weight_decay=train.weight_decay, **extra)
+
+
+def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> LRScheduler:
+    """Stepped once per batch: cosine reaches 0 at the last step, exponential decays every step."""
+    if train.lr_schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if train.lr_schedule == "exponential":
+        return ExponentialLR(optimizer, gamma=train.lr_decay)
+    return LambdaLR(optimizer, lambda _: 1.0)
+
+
+class WeightEMA:
+    """An exponential moving average of the weights (Polyak averaging, as PixelCNN++ section 3
+    evaluates with); buffers such as batch-norm statistics are copied, not averaged."""
+
+    def __init__(self, model: GenerativeModel, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: GenerativeModel) -> None:
+        for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(live, 1.0 - self.decay)
+        for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(live)
+
+
+class MetricSums:
+    """Sums of per-image terms (float64) and their image counts, all-reduced before dividing once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, Tensor], prefix: str) -> None:
+        for key, value in terms.items():
+            name = prefix + key
+            total = value.detach().double().sum()
+            self.sums[name] = self.sums[name] + total if name in self.sums else total
+            self.counts[name] = self.counts.get(name, 0) + value.numel()
+
+    def reduce_means(self) -> dict[str, float]:
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        sums = torch.stack([self.sums[name] for name in names]).to(self.device)  # (K,)
+        counts = torch.tensor([float(self.counts[name]) for name in names], dtype=torch.float64)
+        totals = all_reduce_sum(torch.cat([sums, counts.to(self.device)])).cpu()  # (2K,)
+        return {name: (totals[i] / totals[len(names) + i]).item() for i, name in enumerate(names)}
+
+
+def with_bits_per_dim(means: dict[str, float], prefix: str, dims: int) -> dict[str, float]:
+    """Add bits/dim beside each `<prefix><term>_nats`; `nll_nats` gives `<prefix>bits_per_dim`."""
+    bits = {}
+    for name, value in means.items():
+        if name.endswith("_nats"):
+            term = name.removeprefix(prefix).removesuffix("_nats")
+            bits_name = f"{prefix}bits_per_dim" if term == "nll" else f"{prefix}{term}_bits_per_dim"
+            bits[bits_name] = float(nats_to_bits_per_dim(value, dims))
+    return {**means, **bits}
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_from_ranks(value: Any) -> list[Any]:
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+@contextmanager
+def evaluation_mode(model: GenerativeModel) -> Iterator[GenerativeModel]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,102 @@
+"""The thin Ray adapter: the one training loop inside a Ray Train worker.
+
+The only module in `trainers/` that touches `ray.train`. Metrics go to `ray.train.report` (with
+the epoch's checkpoint attached, so Ray Train persists it to storage and restores it after a
+worker failure or a dispatcher restart) and, from rank 0, to the dispatcher's relay actor,
+together with sample grids and log lines. The relay and the trial id come in the loop config.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from torch import nn
+
+from jobs.spec import JobSpec
+from trainers.loop import RunContext, train_job
+
+
+class RayReporter:
+    """Reports each epoch to Ray Train from every rank; relays the rest from rank 0."""
+
+    def __init__(self, relay: Any, trial: str | None, run_dir: str, is_main: bool) -> None:
+        self.relay = relay
+        self.trial = trial
+        self.run_dir = run_dir  # where Ray Train persists this run's checkpoints
+        self.is_main = is_main
+        self._pending_checkpoint: Path | None = None
+
+    def _send(self, kind: str, payload: dict[str, Any]) -> None:
+        self.relay.put.remote(kind, {"trial": self.trial, **payload})
+
+    def info(self, info: dict[str, Any]) -> None:
+        self._send("info", {"info": info})
+
+    def metrics(self, metrics: dict[str, Any]) -> None:
+        checkpoint = None
+        if self._pending_checkpoint is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(self._pending_checkpoint))
+        ray.train.report(metrics, checkpoint=checkpoint)  # every rank: it is a barrier
+        if self.is_main:
+            self._send("metrics", {"metrics": metrics})
+            if self._pending_checkpoint is not None:
+                self._send("checkpoint", {"epoch": metrics["epoch"], "path": self.run_dir})
+        self._pending_checkpoint = None
+
+    def image(self, name: str, epoch: int, png: bytes) -> None:
+        self._send("image", {"name": name, "epoch": epoch, "png": png})
+
+    def checkpoint(self, epoch: int, path: Path) -> None:
+        del epoch  # attached to this epoch's metrics report
+        self._pending_checkpoint = path
+
+    def log(self, line: str) -> None:
+        self._send("log", {"line": line})
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    spec = JobSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    relay, trial = config["relay"], config["trial"]
+    node_id = ray.get_runtime_context().get_node_id()
+    relay.put.remote(
+        "worker", {"trial": trial, "rank": rank, "pid": os.getpid(), "node_id": node_id}
+    )
+
+    with ExitStack() as stack:
+        restored = ray.train.get_checkpoint()
+        resume_from = Path(stack.enter_context(restored.as_directory())) if restored else None
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="genfleet-ckpt-")))
+        run_context = RunContext(
+            data_dir=Path(config["data_dir"]),
+            checkpoint_dir=scratch,
+            device=ray.train.torch.get_device(),
+            rank=rank,
+            world_size=world_size,
+            wrap_model=_ddp_wrapper(world_size),
+            resume_from=resume_from,
+        )
+        reporter = RayReporter(relay, trial, config["run_dir"], is_main=rank == 0)
+        train_job(spec, reporter, run_context)
+
+
+def _ddp_wrapper(world_size: int) -> Any:
+    def wrap(model: nn.Module) -> nn.Module:
+        # A GAN's discriminator phase leaves the generator's parameters unused (and vice
+        # versa), which DDP only tolerates when told to look for unused parameters.
+        phases = getattr(model, "phases", ("train",))
+        return ray.train.torch.prepare_model(
+            model,
+            parallel_strategy="ddp" if world_size > 1 else None,
+            parallel_strategy_kwargs={"find_unused_parameters": len(phases) > 1},
+        )
+
+    return wrap

@@ -1,0 +1,59 @@
+"""`genfleet run-local SPEC.yaml`: one train spec in this process, no Redis, no Ray.
+
+Writes what a cluster run would report into `out_dir`: info.json, metrics.jsonl, log.txt,
+samples/*.png and checkpoints/epoch-NNNN/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jobs.spec import JobSpec
+from trainers.loop import RunContext, train_job
+from trainers.reporter import FolderReporter
+
+
+def run_local(
+    spec: JobSpec,
+    out_dir: Path,
+    data_dir: Path,
+    progress: bool,
+    resume_from: Path | None = None,
+) -> dict[str, Any]:
+    """Train `spec` here and return its last epoch's metrics; a progress bar when `progress`."""
+    if spec.kind != "train":
+        raise ValueError(f"kind: run-local runs train specs, got {spec.kind!r}")
+    use_gpu = spec.scaling.use_gpu and torch.cuda.is_available()
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+    )
+    task = bar.add_task("train", total=None, epoch=0)
+
+    def show_batch(epoch: int, batch: int, batches: int) -> None:
+        bar.update(task, completed=batch, total=batches, epoch=epoch)
+
+    context = RunContext(
+        data_dir=data_dir,
+        checkpoint_dir=out_dir / "checkpoints",
+        device=torch.device("cuda" if use_gpu else "cpu"),
+        resume_from=resume_from,
+        on_batch=show_batch,
+    )
+
+    def echo(line: str) -> None:
+        console.print(line, markup=False, highlight=False)  # metric lines hold literal [ ]
+
+    reporter = FolderReporter(out_dir, echo=echo)
+    with bar:
+        return train_job(spec, reporter, context)
