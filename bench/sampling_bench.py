@@ -21,14 +21,14 @@ from torch import Tensor
 
 from jobs.model_params import PARAMS_BY_MODEL
 from trainers.api import ImageShape
-from trainers.cached_sampling import cached_sample
+from trainers.cached_sampling import CachedAutoregressiveModel, cached_sample
 from trainers.models import build_model
-from trainers.sampling import AutoregressiveModel, naive_sample
+from trainers.sampling import naive_sample
 
 MODELS = ("pixelcnn", "gated_pixelcnn")
 SHAPE = ImageShape(channels=1, height=28, width=28, levels=256)
 NUM_CLASSES = 10
-Sampler = Callable[[AutoregressiveModel, Tensor, torch.Generator], Tensor]
+Sampler = Callable[[CachedAutoregressiveModel, Tensor, torch.Generator], Tensor]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class Timing:
     identical: bool
 
 
-def median_seconds(sampler: Sampler, model: AutoregressiveModel, labels: Tensor, repeats: int):
+def median_seconds(
+    sampler: Sampler, model: CachedAutoregressiveModel, labels: Tensor, repeats: int
+) -> tuple[float, Tensor]:
     """Median wall time of `repeats` runs from seed 0, and the images of the last run."""
     seconds = []
     for _ in range(repeats):
@@ -52,7 +54,7 @@ def median_seconds(sampler: Sampler, model: AutoregressiveModel, labels: Tensor,
 def time_model(name: str, batch: int, repeats: int) -> Timing:
     torch.manual_seed(0)
     model = build_model(name, PARAMS_BY_MODEL[name](), SHAPE, NUM_CLASSES)
-    assert isinstance(model, AutoregressiveModel)
+    assert isinstance(model, CachedAutoregressiveModel)
     labels = torch.arange(batch) % NUM_CLASSES
     naive_seconds, naive_images = median_seconds(naive_sample, model, labels, repeats)
     cached_seconds, cached_images = median_seconds(cached_sample, model, labels, repeats)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import NoReturn
 
 import streamlit as st
 
 FAILED_LOGIN_DELAY_S = 1.0  # slows password guessing down to one try a second per session
+LOGGED_IN_KEY = "logged_in"
 
 
 def password_matches(entered: str, password: str) -> bool:
@@ -15,17 +17,19 @@ def password_matches(entered: str, password: str) -> bool:
     return hmac.compare_digest(entered.encode("utf-8"), password.encode("utf-8"))
 
 
-def require_login(password: str | None) -> None:
-    """Return once this session is logged in (at once without a password); else stop the run."""
-    if password is None or st.session_state.get("logged_in"):
-        return
+def is_logged_in(password: str | None) -> bool:
+    return password is None or st.session_state.get(LOGGED_IN_KEY, False)
+
+
+def login_form(password: str) -> NoReturn:
+    """Ask for the password and end this run; a right one reruns the app logged in."""
     st.title("genfleet")
     with st.form("login"):
         entered = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in")
     if submitted:
         if password_matches(entered, password):
-            st.session_state["logged_in"] = True
+            st.session_state[LOGGED_IN_KEY] = True
             del st.session_state["login_password"]
             st.rerun()
         time.sleep(FAILED_LOGIN_DELAY_S)

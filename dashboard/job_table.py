@@ -39,5 +39,5 @@ def job_row(record: JobRecord, now: float) -> dict[str, Any]:
         "progress": progress_fraction(record),
         "val bits/dim": record.progress.get("val_bits_per_dim"),
         "age": format_age(now - record.created_at),
-        "why waiting": record.pending_reason if record.status is JobStatus.QUEUED else None,
+        "why waiting": record.pending_reason if record.status is JobStatus.QUEUED else "",
     }

@@ -6,26 +6,35 @@ the same name. Defaults train in minutes on CPU on the 8x8 `digits` dataset.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _odd(size: int) -> int:
+    if size % 2 == 0:
+        raise ValueError(f"must be odd (a centred kernel), got {size}")
+    return size
+
+
+OddKernel = Annotated[int, AfterValidator(_odd)]
+
+
 class PixelCNNParams(Params):
     layers: int = Field(5, ge=1, le=64, description="masked residual blocks (type B)")
     channels: int = Field(32, ge=4, le=1024, description="feature maps per colour group")
-    first_kernel: int = Field(7, ge=3, le=15, description="kernel of the type-A input conv")
+    first_kernel: OddKernel = Field(7, ge=3, le=15, description="kernel of the type-A input conv")
     output_hidden: int = Field(64, ge=4, le=2048, description="1x1 head width")
 
 
 class GatedPixelCNNParams(Params):
     layers: int = Field(6, ge=1, le=64, description="gated layers (vertical + horizontal stack)")
     channels: int = Field(32, ge=4, le=1024)
-    kernel: int = Field(3, ge=3, le=11, description="odd kernel width of the stacks")
+    kernel: OddKernel = Field(3, ge=3, le=11, description="odd kernel width of the stacks")
     conditional: bool = Field(True, description="condition on the class label (paper 2.3)")
     output_hidden: int = Field(64, ge=4, le=2048)
 

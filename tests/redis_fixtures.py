@@ -106,7 +106,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 @pytest.fixture
 def redis_client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
     client = redis_server.client()
-    client.flushall()
+    client.flushdb()
     yield client
     client.close()
 

@@ -4,8 +4,9 @@ real queue and store (tests/dashboard_seed.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -60,7 +61,7 @@ def figure(app: AppTest, index: int = 0) -> dict:
     return json.loads(app.get("plotly_chart")[index].proto.spec)
 
 
-def texts(elements) -> str:  # noqa: ANN001 - AppTest element lists have no public type
+def texts(elements: Iterable[Any]) -> str:
     return "\n".join(str(element.value) for element in elements)
 
 
@@ -317,7 +318,7 @@ def test_compare_page_overlays_curves_and_shows_grids_at_one_epoch(jobs_api):
     assert captions == [f"{run} · samples · epoch 3" for run in (first, second, trial)]
 
     app.select_slider(key="compare.epoch").set_value(1).run()
-    assert [image.proto.imgs[0].caption for image in app.image][0] == f"{first} · samples · epoch 1"
+    assert app.image[0].proto.imgs[0].caption == f"{first} · samples · epoch 1"
 
 
 def test_compare_page_asks_for_at_least_two_runs(jobs_api):
@@ -376,7 +377,7 @@ def test_login_gate_hides_every_page_until_the_password_is_given(jobs_api, monke
 
 
 def test_launch_refuses_a_public_address_without_a_password(monkeypatch, capsys):
-    with pytest.raises(UnsafeBindError, match="refusing to serve the dashboard on 0.0.0.0"):
+    with pytest.raises(UnsafeBindError, match=r"refusing to serve the dashboard on 0\.0\.0\.0"):
         launch_dashboard("0.0.0.0", 8501, password=None)
     monkeypatch.setenv("GENFLEET_DASHBOARD_ADDRESS", "192.0.2.7")
     monkeypatch.delenv("GENFLEET_DASHBOARD_PASSWORD", raising=False)

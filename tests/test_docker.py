@@ -68,8 +68,8 @@ def run(command: Sequence[str | Path], env: Mapping[str, str] | None = None, tim
     )
 
 
-def run_compose(stack: str, settings: Mapping[str, str], *extra: str):
-    files = [arg for name in STACKS[stack] for arg in ("-f", DOCKER / name)]
+def run_compose(stack: str, settings: Mapping[str, str], *extra: str, folder: Path = DOCKER):
+    files = [arg for name in STACKS[stack] for arg in ("-f", folder / name)]
     # --env-file /dev/null: a developer's own docker/.env must not leak into the test.
     command = [BIN / "docker-compose", "--env-file", os.devnull, *files, *extra]
     return run(command, env={"PATH": os.environ["PATH"], "HOME": str(Path.home()), **settings})
@@ -135,6 +135,11 @@ def eventually(check: Callable[[], bool], seconds: float) -> bool:
     return False
 
 
+def writes_storage(service: Mapping[str, Any]) -> bool:
+    """Ray nodes write checkpoints; the dispatcher hands their paths to the cluster."""
+    return service["command"][0] == "ray" or service["command"][:2] == ["genfleet", "worker"]
+
+
 def without_ray_auth(environment: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environment.items() if not name.startswith("RAY_")}
 
@@ -143,8 +148,7 @@ def without_ray_auth(environment: Mapping[str, str]) -> dict[str, str]:
 
 
 def test_compose_files_follow_the_compose_specification_schema():
-    files = [DOCKER / name for name in ("compose.yaml", "compose.multinode.yaml")]
-    files.append(DOCKER / "compose.worker.yaml")
+    files = sorted({DOCKER / name for names in STACKS.values() for name in names})
     result = run([BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", *files])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -221,6 +225,21 @@ def test_every_service_runs_a_genfleet_ray_or_redis_entry_point(stack):
 
 
 @pytest.mark.parametrize("stack", list(STACKS))
+def test_every_service_restarts_and_every_awaited_service_has_a_health_check(stack):
+    stack_services = services(stack)
+    assert {name: s["restart"] for name, s in stack_services.items()} == dict.fromkeys(
+        stack_services, "unless-stopped"
+    )
+    awaited = {
+        dependency
+        for service in stack_services.values()
+        for dependency, how in service.get("depends_on", {}).items()
+        if how["condition"] == "service_healthy"
+    }
+    assert all("test" in stack_services[name]["healthcheck"] for name in awaited)
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
 def test_genfleet_variables_the_services_set_are_documented_settings(stack):
     undocumented = {
         name: sorted(
@@ -239,7 +258,7 @@ def test_every_ray_node_and_the_dispatcher_share_storage_and_data_at_the_same_pa
     for name, service in services(stack).items():
         if service.get("deploy", {}).get("replicas") == 0:
             continue  # the head box of several leaves its workers to compose.worker.yaml
-        if service["command"][0] != "ray" and service["command"][:2] != ["genfleet", "worker"]:
+        if not writes_storage(service):
             continue
         environment = service["environment"]
         by_target = {volume["target"]: volume["source"] for volume in service["volumes"]}
@@ -249,8 +268,8 @@ def test_every_ray_node_and_the_dispatcher_share_storage_and_data_at_the_same_pa
             environment["GENFLEET_DATA_DIR"],
             by_target[environment["GENFLEET_DATA_DIR"]],
         )
-    assert len(set(mounts.values())) == 1, mounts
     assert mounts, f"{stack} has no Ray node"
+    assert len(set(mounts.values())) == 1, mounts
 
 
 def test_shared_folders_come_from_host_storage_dir_on_every_box_of_several():
@@ -271,6 +290,26 @@ def test_shared_folders_come_from_host_storage_dir_on_every_box_of_several():
         for name in ("ray-head", "dispatcher", "ray-worker-gpu")
         for target in expected
     }
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_s3_credentials_in_storage_env_reach_exactly_the_services_that_write_storage(
+    stack, tmp_path
+):
+    for name in STACKS[stack]:
+        shutil.copy(DOCKER / name, tmp_path / name)
+    (tmp_path / "storage.env").write_text("AWS_ACCESS_KEY_ID=test-key-id\n")
+    result = run_compose(
+        stack, SETTINGS, "--profile", "gpu", "config", "--format", "json", folder=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    with_credentials = {
+        name
+        for name, service in json.loads(result.stdout)["services"].items()
+        if service.get("environment", {}).get("AWS_ACCESS_KEY_ID") == "test-key-id"
+    }
+    writers = {name for name, service in services(stack).items() if writes_storage(service)}
+    assert with_credentials == writers
 
 
 def test_the_dispatcher_reaches_the_head_through_its_ray_client_port():
@@ -345,11 +384,10 @@ LOCAL_RAY_PORT_OPTIONS = (
     "--runtime-env-agent-port",
 )
 CONNECT_AS_DISPATCHER = """
-import json, os
-import ray
-from cluster.ray_runtime import connect_ray
+import dataclasses, json, os
+from cluster.ray_runtime import cluster_resources, connect_ray
 connect_ray(os.environ["GENFLEET_RAY_ADDRESS"])
-print(json.dumps(ray.cluster_resources()))
+print(json.dumps(dataclasses.asdict(cluster_resources())))
 """
 
 
@@ -385,16 +423,22 @@ def test_ray_head_service_refuses_a_wrong_token_and_serves_the_dispatcher():
             )
             assert connected.returncode == 0, connected.stderr[-2000:]
             resources = json.loads(connected.stdout.splitlines()[-1])
-            # The head alone: compose gives it no CPUs or GPUs to train on.
-            assert (resources.get("CPU", 0), resources.get("GPU", 0)) == (0, 0)
+            # The head alone, seen through the dispatcher's own query: no CPUs or GPUs to train on.
+            assert resources == {
+                "cpus": 0.0,
+                "gpus": 0.0,
+                "largest_node_cpus": 0.0,
+                "largest_node_gpus": 0.0,
+            }
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_dashboard_service_command_refuses_to_serve_without_its_password():
     dashboard = services("one box")["dashboard"]
-    environment = {k: v for k, v in dashboard["environment"].items() if "PASSWORD" not in k}
-    result = run([BIN / "genfleet", *dashboard["command"][1:]], {**os.environ, **environment})
+    environment = {**os.environ, **dashboard["environment"]}
+    del environment["GENFLEET_DASHBOARD_PASSWORD"]
+    result = run([BIN / "genfleet", *dashboard["command"][1:]], environment)
     assert result.returncode == 2
     assert "GENFLEET_DASHBOARD_PASSWORD" in result.stderr
 
@@ -429,6 +473,9 @@ def copied_sources(dockerfile: Path) -> list[str]:
     return [source.rstrip("/") for line in lines for source in line.split()[:-1]]
 
 
+PINNED = ("PYTHON_VERSION", "RAY_VERSION", "TORCH_VERSION", "TORCHVISION_VERSION")
+
+
 def image_versions(image: str) -> dict[str, str]:
     dockerfile = DOCKERFILES[image]
     pins = build_args(dockerfile)
@@ -437,9 +484,6 @@ def image_versions(image: str) -> dict[str, str]:
             re.findall(r"^FROM python:(\d+\.\d+\.\d+)-", dockerfile.read_text(), re.MULTILINE)
         )
     return {name: pins[name] for name in PINNED}
-
-
-PINNED = ("PYTHON_VERSION", "RAY_VERSION", "TORCH_VERSION", "TORCHVISION_VERSION")
 
 
 def test_dockerfiles_pass_hadolint_without_a_finding():
@@ -463,18 +507,26 @@ def test_image_pins_satisfy_the_project_requirements():
     assert SpecifierSet(project["requires-python"]).contains(pins["PYTHON_VERSION"])
 
 
+def image_uid(dockerfile: Path) -> int:
+    (uid,) = re.findall(r"useradd --uid (\d+)", final_stage(dockerfile))
+    return int(uid)
+
+
 def test_both_images_run_as_the_same_numeric_non_root_user():
+    # The same uid on every node keeps files on shared storage writable from all of them.
+    assert image_uid(DOCKERFILES["cpu"]) == image_uid(DOCKERFILES["gpu"]) != 0
+    for dockerfile in DOCKERFILES.values():
+        uid = image_uid(dockerfile)
+        assert re.findall(r"^USER (.+)$", final_stage(dockerfile), re.MULTILINE) == [f"{uid}:{uid}"]
+
+
+def test_images_point_documented_settings_at_folders_their_user_owns():
     for dockerfile in DOCKERFILES.values():
         stage = final_stage(dockerfile)
-        assert "useradd --uid 10001 --gid genfleet" in stage
-        assert re.findall(r"^USER (.+)$", stage, re.MULTILINE) == ["10001:10001"]
-
-
-def test_genfleet_variables_the_images_set_are_documented_settings():
-    for dockerfile in DOCKERFILES.values():
-        variables = re.findall(r"\b(GENFLEET_\w+)=", final_stage(dockerfile))
-        assert variables == ["GENFLEET_STORAGE", "GENFLEET_DATA_DIR"]
+        variables = dict(re.findall(r"\b(GENFLEET_\w+)=(\S+)", stage))
+        assert variables == {"GENFLEET_STORAGE": "/storage", "GENFLEET_DATA_DIR": "/data"}
         assert set(variables) <= set(ENVIRONMENT)
+        assert "chown genfleet:genfleet /storage /data" in stage
 
 
 def test_build_context_holds_the_package_and_nothing_private():
@@ -487,7 +539,7 @@ def test_build_context_holds_the_package_and_nothing_private():
     for dockerfile in DOCKERFILES.values():
         assert set(copied_sources(dockerfile)) <= context
     assert {"jobs/spec.py", "cluster/cli.py", "dashboard/app.py", "trainers/api.py"} <= context
-    private = (".venv/", ".git/", "tests/", "docker/.env", ".genfleet/", "test-output/")
+    private = (".venv/", ".git/", "tests/", "docker/.env", "docker/storage.env", "test-output/")
     assert [path for path in context if path.startswith(private)] == []
     assert [path for path in context if "__pycache__" in path or path.endswith(".pyc")] == []
 
@@ -500,7 +552,7 @@ def kuberay_objects() -> dict[str, dict[str, Any]]:
 
 
 def kuberay_pods() -> dict[str, dict[str, Any]]:
-    """Each pod template's spec, by role: head, each worker group, dispatcher."""
+    """Each pod template, by role: head, each worker group by name, dispatcher."""
     objects = kuberay_objects()
     cluster = objects["RayCluster"]["spec"]
     pods = {"head": cluster["headGroupSpec"]["template"]}
@@ -512,6 +564,11 @@ def kuberay_pods() -> dict[str, dict[str, Any]]:
 def container(pod: dict[str, Any]) -> dict[str, Any]:
     (only,) = pod["spec"]["containers"]
     return only
+
+
+def literal_env(pod: dict[str, Any]) -> dict[str, str | None]:
+    """The container's variables; None for those taken from a Secret."""
+    return {variable["name"]: variable.get("value") for variable in container(pod)["env"]}
 
 
 def test_kuberay_manifest_is_valid_kubernetes():
@@ -553,18 +610,17 @@ def test_kuberay_dispatcher_reaches_the_head_service_through_its_ray_client_port
     head_ports = {
         port["name"]: port["containerPort"] for port in container(kuberay_pods()["head"])["ports"]
     }
-    environment = {
-        e["name"]: e.get("value") for e in container(kuberay_pods()["dispatcher"])["env"]
-    }
+    environment = literal_env(kuberay_pods()["dispatcher"])
     service = f"{cluster['metadata']['name']}-head-svc"
     assert environment["GENFLEET_RAY_ADDRESS"] == f"ray://{service}:{head_ports['client']}"
 
 
 def test_kuberay_pods_set_ray_auth_and_documented_genfleet_variables_only():
     for role, pod in kuberay_pods().items():
-        names = [variable["name"] for variable in container(pod)["env"]]
-        assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= set(names), role
-        assert {name for name in names if name.startswith("GENFLEET_")} <= set(ENVIRONMENT), role
+        environment = literal_env(pod)
+        assert environment["RAY_AUTH_MODE"] == "token", role
+        assert environment["RAY_AUTH_TOKEN"] is None, f"{role}: the token belongs in a Secret"
+        assert {name for name in environment if name.startswith("GENFLEET_")} <= set(ENVIRONMENT)
 
 
 def test_kuberay_pods_mount_one_read_write_many_volume_at_genfleet_storage():
@@ -576,18 +632,19 @@ def test_kuberay_pods_mount_one_read_write_many_volume_at_genfleet_storage():
             for volume in pod["spec"]["volumes"]
             if "persistentVolumeClaim" in volume
         }
-        environment = {e["name"]: e.get("value") for e in container(pod)["env"]}
+        environment = literal_env(pod)
         mounts = {m["mountPath"]: claims.get(m["name"]) for m in container(pod)["volumeMounts"]}
         for variable in ("GENFLEET_STORAGE", "GENFLEET_DATA_DIR"):
             assert mounts[environment[variable]] == claim["metadata"]["name"], (role, variable)
 
 
 def test_kuberay_pods_run_as_the_images_user_and_own_the_shared_volume():
+    uid = image_uid(DOCKERFILES["cpu"])
     for role, pod in kuberay_pods().items():
         security = pod["spec"]["securityContext"]
         assert security == {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
         }, role

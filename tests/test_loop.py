@@ -158,7 +158,7 @@ def test_val_bits_per_dim_sums_the_whole_val_set(tmp_path: Path, pixel_logits: N
     state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0001")
     data = load_dataset(spec.data, tmp_path, spec.train.seed)
     model = PixelLogits(TinyParams(), data.shape, data.num_classes).eval()
-    model.load_state_dict(state["ema"])  # the loop evaluates with the EMA weights
+    model.load_state_dict(state["ema"]["model"])  # the loop evaluates with the EMA weights
     images = torch.stack([data.val[i][0] for i in range(len(data.val))])
     nll_sum = model(images, torch.zeros(len(images), dtype=torch.long))["nll_nats"].double().sum()
 
@@ -256,6 +256,20 @@ def test_checkpoint_of_another_model_type_is_refused(tmp_path: Path, pixel_logit
     context = context_in(tmp_path, resume_from=checkpoint)
     with pytest.raises(CheckpointError, match="holds a 'pixelcnn' model, the spec trains 'vae'"):
         train_job(digits_spec({"type": "vae"}), RecordingReporter(), context)
+
+
+def test_weight_ema_warms_up_then_decays_at_the_configured_rate() -> None:
+    live = PixelLogits(TinyParams(), ImageShape(1, 1, 1, 2), 1)
+    ema = loop.WeightEMA(live, decay=0.999)
+    with torch.no_grad():
+        live.logits.fill_(1.0)
+    ema.update(live)  # decay min(0.999, 1/10): mostly the live weights
+    assert ema.model.logits.flatten().tolist() == pytest.approx([0.9, 0.9])
+    ema.updates = 10_000
+    with torch.no_grad():
+        live.logits.fill_(2.0)
+    ema.update(live)  # decay 0.999 once warmed up
+    assert ema.model.logits.flatten().tolist() == pytest.approx([0.9 * 0.999 + 2 * 0.001] * 2)
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path: Path, pixel_logits: None) -> None:

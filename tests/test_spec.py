@@ -56,6 +56,7 @@ def test_defaults_fill_everything_but_model_type_and_dataset() -> None:
         ({"model": {"type": "pixelcnn", "params": {"chanels": 3}}}, "model.params.chanels: unknown key"),
         ({"model": {"type": "pixelcnn", "params": {"layers": "many"}}}, "model.params.layers: must be a valid integer"),
         ({"model": {"type": "vae", "params": {"layers": 3}}}, "model.params.layers: unknown key"),
+        ({"model": {"type": "pixelcnn", "params": {"first_kernel": 4}}}, "model.params.first_kernel: must be odd (a centred kernel), got 4"),
         ({"model": {"type": "gan"}}, "model.type: must be one of pixelcnn"),
         ({"model": {"params": {}}}, "model.type: must be one of pixelcnn"),
         ({"data": {"dataset": "imagenet"}}, "data.dataset: must be one of 'digits'"),

@@ -55,10 +55,8 @@ class FeatureCache:
 
     def write_row(self, row: int, values: Tensor) -> None:
         """values (N, C, W), channels-first as a convolution returns them."""
-        width = values.shape[-1]
-        self.values[:, row + self.border, self.border : self.border + width] = values.transpose(
-            1, 2
-        )
+        pixels = values.transpose(1, 2)  # (N, W, C)
+        self.values[:, row + self.border, self.border : self.border + pixels.shape[1]] = pixels
 
 
 class PositionConv:
@@ -109,7 +107,6 @@ class IncrementalNetwork(Protocol):
 
     def logits_at(self, row: int, col: int) -> Tensor:
         """Logits (N, C, levels) of pixel (row, col); updates every layer's cache there."""
-        ...
 
 
 class CachedAutoregressiveModel(AutoregressiveModel):

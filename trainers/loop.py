@@ -37,7 +37,9 @@ from trainers.quality import (
 from trainers.reporter import Reporter
 
 CPU = torch.device("cpu")
-VISUAL_IMAGES = 8  # val images shown with their reconstructions / completions
+# Val images shown with their reconstructions / completions, and the width of those grids: one
+# row of originals above one row of model outputs (and rows of 8 VAE interpolation steps).
+VISUAL_IMAGES = 8
 SGD_MOMENTUM = 0.9  # the spec has no momentum field; plain SGD is too slow to be a useful choice
 # Sample quality (FCD, trainers/quality.py) for models whose likelihood is absent or a bound.
 FCD_OBJECTIVES = ("adversarial", "elbo")
@@ -305,7 +307,8 @@ class TrainingRun:
             self.reporter.image("samples", epoch, levels_to_png(samples, levels))
             generator = torch.Generator().manual_seed(self.train_spec.seed)
             for name, grid in model.visuals(images, image_labels, generator).items():
-                self.reporter.image(name, epoch, levels_to_png(grid, levels))
+                png = levels_to_png(grid, levels, nrow=VISUAL_IMAGES)
+                self.reporter.image(name, epoch, png)
 
     def save_checkpoint(self, epoch: int) -> None:
         rng_states = gather_from_ranks(checkpoint.rng_state(self.device))
@@ -316,7 +319,7 @@ class TrainingRun:
             "epoch": epoch,
             "step": self.step,
             "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizers": {phase: opt.state_dict() for phase, opt in self.optimizers.items()},
             "schedulers": {phase: s.state_dict() for phase, s in self.schedulers.items()},
             "rng": rng_states,  # one per rank, each rank's own noise continues on resume
@@ -335,7 +338,7 @@ class TrainingRun:
             )
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema.model.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"])
         for phase, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][phase])
             self.schedulers[phase].load_state_dict(state["schedulers"][phase])
@@ -384,18 +387,33 @@ def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> 
 
 class WeightEMA:
     """An exponential moving average of the weights (Polyak averaging, as PixelCNN++ section 3
-    evaluates with); buffers such as batch-norm statistics are copied, not averaged."""
+    evaluates with); buffers such as batch-norm statistics are copied, not averaged.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (the `num_updates`
+    option of TensorFlow's ExponentialMovingAverage): with 0.999 from the first step, a
+    200-step run would evaluate weights that are still 82% the random initialisation.
+    """
 
     def __init__(self, model: GenerativeModel, decay: float) -> None:
         self.decay = decay
+        self.updates = 0
         self.model = copy.deepcopy(model).requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: GenerativeModel) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
-            average.lerp_(live, 1.0 - self.decay)
+            average.lerp_(live, 1.0 - decay)
         for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
             average.copy_(live)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
 
 
 class MetricSums:

@@ -92,7 +92,7 @@ class GatedLayer(nn.Module):
         )  # (B, 2F, H, W)
         vertical_out = gated_activation(vertical_pre + vertical_bias[:, :, None, None], 1)
         gated = gated_activation(
-            horizontal_pre + horizontal_bias[:, :, None, None], 1
+            horizontal_pre + horizontal_bias[:, :, None, None], self.colour_groups
         )  # (B, F, H, W)
         horizontal_out = self.horizontal_out(gated)
         if self.residual:
