@@ -97,6 +97,7 @@ def dashboard(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pages
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (as .ci/run does)")
     with sync_playwright() as playwright:
@@ -184,8 +185,6 @@ def test_job_page_draws_the_chart_and_loads_every_gallery_image(
 
 
 def test_screenshots_of_every_page(dashboard: str, seeded: Seeded, page: Page) -> None:
-    if SCREENSHOTS.exists():
-        shutil.rmtree(SCREENSHOTS)
     pages = {
         "jobs": ("", page.get_by_text(re.compile(r"Page 1 of 1 · \d+ jobs"))),
         "submit": ("submit", page.get_by_text("Paste a spec, upload a file")),

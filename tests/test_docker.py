@@ -418,6 +418,9 @@ def test_ray_head_service_refuses_a_wrong_token_and_serves_the_dispatcher():
             address = dispatcher["environment"]["GENFLEET_RAY_ADDRESS"]
             local_address = address.replace("ray-head:10001", f"127.0.0.1:{client}")
             environment = {**dispatcher["environment"], "GENFLEET_RAY_ADDRESS": local_address}
+            # Ray Client gives up after 5 + 10 + 20 s by default; a loaded 2-core CI box can
+            # take longer to start the head's per-client server.
+            environment["RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S"] = "20"
             connected = run(
                 [sys.executable, "-c", CONNECT_AS_DISPATCHER], {**base_env, **environment}
             )

@@ -17,6 +17,8 @@ from jobs.records import InvalidTransition, JobNotFound, JobStatus
 
 ANY = "any"
 PAGE_SIZES = (25, 50, 100)
+DEFAULT_PAGE_SIZE = 50
+PAGE_SIZE_KEY = "jobs.page_size"
 PAGE_KEY = "jobs.page"
 SELECTED_KEY = "jobs.selected"
 FEEDBACK_KEY = "jobs.feedback"
@@ -75,23 +77,22 @@ def _reprioritise() -> None:
 
 def filters() -> tuple[str | None, str | None, str | None]:
     counts = connection.store().counts_by_status()
-    status, model, kind, size = st.columns(4)
-    chosen_status = status.selectbox(
+    status_column, model_column, kind_column, size_column = st.columns(4)
+    chosen_status = status_column.selectbox(
         "Status",
         [ANY, *(status.value for status in JobStatus)],
         format_func=lambda value: value if value == ANY else f"{value} ({counts[value]})",
         key="jobs.status",
         on_change=_first_page,
     )
-    chosen_model = model.selectbox(
+    chosen_model = model_column.selectbox(
         "Model", [ANY, *PARAMS_BY_MODEL], key="jobs.model", on_change=_first_page
     )
-    chosen_kind = kind.selectbox(
+    chosen_kind = kind_column.selectbox(
         "Kind", [ANY, "train", "sweep"], key="jobs.kind", on_change=_first_page
     )
-    size.selectbox(
-        "Rows per page", PAGE_SIZES, index=1, key="jobs.page_size", on_change=_first_page
-    )
+    st.session_state.setdefault(PAGE_SIZE_KEY, DEFAULT_PAGE_SIZE)
+    size_column.selectbox("Rows per page", PAGE_SIZES, key=PAGE_SIZE_KEY, on_change=_first_page)
     return tuple(
         None if value == ANY else value for value in (chosen_status, chosen_model, chosen_kind)
     )
@@ -128,7 +129,7 @@ def actions(job_ids: list[str], names: dict[str, str]) -> None:
 @st.fragment(run_every=refresh_every())
 def job_table() -> None:
     status, model, kind = filters()
-    size = st.session_state.get("jobs.page_size", PAGE_SIZES[1])
+    size = st.session_state[PAGE_SIZE_KEY]
     page_index = st.session_state.setdefault(PAGE_KEY, 0)
     page = connection.store().list_jobs(
         status=status, model=model, kind=kind, offset=page_index * size, limit=size
