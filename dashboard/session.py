@@ -14,6 +14,7 @@ REMEMBERED_KEYS = (
     "jobs.model",
     "jobs.kind",
     "jobs.page_size",
+    "submit.text",
     "job.x_axis",
     "compare.runs",
     "compare.x_axis",

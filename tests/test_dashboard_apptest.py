@@ -119,6 +119,18 @@ def test_submit_page_loads_an_example_and_clones_a_job_named_in_the_url(jobs_api
     assert app.text_area(key="submit.text").value == (EXAMPLES / "vae_digits.yaml").read_text()
 
 
+def test_a_draft_spec_and_the_jobs_filters_survive_a_visit_to_another_page(jobs_api):
+    app = open_page()
+    app.selectbox(key="jobs.status").select("running").run()
+    app.switch_page("views/submit.py").run()
+    app.text_area(key="submit.text").input("name: draft\n").run()
+    app.switch_page("views/cluster.py").run()
+    app.switch_page("views/submit.py").run()
+    assert app.text_area(key="submit.text").value == "name: draft\n"
+    app.switch_page("views/jobs.py").run()
+    assert app.selectbox(key="jobs.status").value == "running"
+
+
 def test_form_builder_builds_a_sweep_with_search_ranges_and_submits_it(jobs_api):
     queue, store = jobs_api
     app = open_page("views/submit.py")

@@ -184,6 +184,26 @@ def test_job_page_draws_the_chart_and_loads_every_gallery_image(
     screenshot(page, "job")
 
 
+def test_live_refresh_keeps_the_users_filter_and_selection(
+    dashboard: str, seeded: Seeded, page: Page
+) -> None:
+    page.goto(dashboard)
+    page.get_by_test_id("stSelectbox").filter(has_text="Status").click()
+    page.get_by_role("option", name=re.compile(r"^running \(")).click()
+    expect(page.get_by_text("Page 1 of 1 · 2 jobs")).to_be_visible()
+    page.get_by_test_id("stMultiSelect").filter(has_text="Jobs to act on").click()
+    page.get_by_role("option", name=re.compile(f"^{seeded.running}")).click()
+    page.keyboard.press("Escape")
+    settle(page)
+
+    # A new epoch arrives; only a refresh can bring its value into the table.
+    seeded.store.append_metrics(seeded.running, {"epoch": 4, "val_bits_per_dim": 0.4242})
+    expect(grid_cell(page, "0.4242")).to_have_count(1)
+    expect(page.get_by_role("combobox", name="Status")).to_have_value(re.compile(r"^running"))
+    selected = page.get_by_test_id("stMultiSelect").filter(has_text="Jobs to act on")
+    expect(selected).to_contain_text(seeded.running)
+
+
 def test_screenshots_of_every_page(dashboard: str, seeded: Seeded, page: Page) -> None:
     pages = {
         "jobs": ("", page.get_by_text(re.compile(r"Page 1 of 1 · \d+ jobs"))),

@@ -92,11 +92,10 @@ def curves(job_id: str, trial: str | None) -> None:
         st.info("No metrics yet: the first row arrives after the first epoch.")
         return
     selected_key = f"job.curves.{job_id}.{trial}"
-    if selected_key in st.session_state:  # a metric can only be dropped, never vanish
-        st.session_state[selected_key] = [k for k in st.session_state[selected_key] if k in keys]
+    st.session_state.setdefault(selected_key, default_curve_keys(keys))
     axis, chosen = st.columns([1, 4])
     x_axis = axis.radio("Against", AXES, key="job.x_axis", horizontal=True)
-    picked = chosen.multiselect("Metrics", keys, default=default_curve_keys(keys), key=selected_key)
+    picked = chosen.multiselect("Metrics", keys, key=selected_key)
     st.plotly_chart(curves_figure({job_id: rows}, picked, x_axis), key="job.curves_chart")
 
 
