@@ -140,11 +140,11 @@ def test_form_builder_builds_a_sweep_with_search_ranges_and_submits_it(jobs_api)
     app.selectbox(key="form.range_path").select("train.lr")
     app.selectbox(key="form.range_domain").select("loguniform")
     app.text_input(key="form.range_values").input("0.0001, 0.01")
-    click(app, "Add range")
+    click(app, "Add")
     app.selectbox(key="form.range_path").select("model.params.channels")
     app.selectbox(key="form.range_domain").select("choice")
     app.text_input(key="form.range_values").input("16, 32")
-    click(app, "Add range")
+    click(app, "Add")
 
     produced = texts(app.code)
     assert "train.lr: {loguniform: [0.0001, 0.01]}" in produced
@@ -168,7 +168,7 @@ def test_form_builder_says_why_a_range_is_rejected(jobs_api):
     app.selectbox(key="form.range_path").select("train.lr")
     app.selectbox(key="form.range_domain").select("uniform")
     app.text_input(key="form.range_values").input("0.1")
-    click(app, "Add range")
+    click(app, "Add")
     assert "train.lr: uniform takes two numbers 'low, high', got '0.1'" in texts(app.warning)
 
 
@@ -316,9 +316,9 @@ def test_sweep_page_ranks_trials_by_metric_and_highlights_the_best(jobs_api):
 # Compare
 
 
-def test_compare_page_overlays_curves_and_shows_grids_at_one_epoch(jobs_api):
+def test_compare_page_overlays_curves_and_shows_grids_at_the_latest_shared_epoch(jobs_api):
     queue, store = jobs_api
-    first = seed.seed_trained_job(queue, store, name="first")
+    first = seed.seed_trained_job(queue, store, name="first", epochs=5)
     second = seed.seed_trained_job(queue, store, name="second", offset=0.5)
     sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5])
     trial = f"{sweep_id}/trial_01"
@@ -328,6 +328,10 @@ def test_compare_page_overlays_curves_and_shows_grids_at_one_epoch(jobs_api):
     assert names == [f"{run} · val_bits_per_dim" for run in (first, second, trial)]
     captions = [image.proto.imgs[0].caption for image in app.image]
     assert captions == [f"{run} · samples · epoch 3" for run in (first, second, trial)]
+
+    app.select_slider(key="compare.epoch").set_value(5).run()  # only `first` got this far
+    assert [image.proto.imgs[0].caption for image in app.image] == [f"{first} · samples · epoch 5"]
+    assert f"{second}: no samples at epoch 5" in texts(app.caption)
 
     app.select_slider(key="compare.epoch").set_value(1).run()
     assert app.image[0].proto.imgs[0].caption == f"{first} · samples · epoch 1"

@@ -7,7 +7,8 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 
 import pytest
 import redis
@@ -56,6 +57,27 @@ def claim_when_due(queue: JobQueue, worker_id: str, timeout: float = 5.0):
         assert time.monotonic() < give_up, "no job became claimable"
         time.sleep(0.01)
     return job
+
+
+SPAWN = multiprocessing.get_context("spawn")  # fresh interpreters, as separate hosts would be
+
+
+@pytest.fixture
+def spawned() -> Iterator[Callable[..., BaseProcess]]:
+    """Start processes that are SIGKILLed after the test even when it fails midway."""
+    started: list[BaseProcess] = []
+
+    def start(target: Callable[..., None], *args: object) -> BaseProcess:
+        process = SPAWN.Process(target=target, args=args, daemon=True)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=10)
 
 
 @pytest.fixture
@@ -128,23 +150,17 @@ def _claim_until_empty(port: int, worker_id: str, start_together, claimed) -> No
 
 
 def test_eight_processes_claim_each_of_500_jobs_exactly_once(
-    queue: JobQueue, store: JobStore, redis_server: RedisProcess
+    queue: JobQueue,
+    store: JobStore,
+    redis_server: RedisProcess,
+    spawned: Callable[..., BaseProcess],
 ) -> None:
     submitted = {queue.submit(make_spec(priority=index % 10)) for index in range(500)}
-    spawn = multiprocessing.get_context("spawn")
-    start_together, claimed = spawn.Barrier(8), spawn.Queue()
-    workers = [
-        spawn.Process(
-            target=_claim_until_empty,
-            args=(redis_server.port, f"worker-{n}", start_together, claimed),
-        )
-        for n in range(8)
-    ]
-    for worker in workers:
-        worker.start()
-    per_worker = [claimed.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
+    start_together, claimed = SPAWN.Barrier(8), SPAWN.Queue()
+    for n in range(8):
+        spawned(_claim_until_empty, redis_server.port, f"worker-{n}", start_together, claimed)
+
+    per_worker = [claimed.get(timeout=120) for _ in range(8)]
 
     everything = [job_id for job_ids in per_worker for job_id in job_ids]
     assert len(everything) == 500
@@ -163,17 +179,19 @@ def _claim_then_hang(port: int, claimed) -> None:
 
 
 def test_claimed_job_returns_to_queue_when_lease_expires(
-    queue: JobQueue, store: JobStore, redis_server: RedisProcess
+    queue: JobQueue,
+    store: JobStore,
+    redis_server: RedisProcess,
+    spawned: Callable[..., BaseProcess],
 ) -> None:
     job_id = queue.submit(make_spec())
     queue.submit(make_spec())  # a later job must not overtake the crashed one
-    spawn = multiprocessing.get_context("spawn")
-    claimed = spawn.Queue()
-    worker = spawn.Process(target=_claim_then_hang, args=(redis_server.port, claimed))
-    worker.start()
+    claimed = SPAWN.Queue()
+    worker = spawned(_claim_then_hang, redis_server.port, claimed)
     assert claimed.get(timeout=60) == job_id
     os.kill(worker.pid, signal.SIGKILL)
     worker.join()
+    assert worker.exitcode == -signal.SIGKILL
 
     assert queue.requeue_expired() == []  # the lease still runs
     assert store.get(job_id).status is JobStatus.RUNNING

@@ -73,13 +73,15 @@ def side_by_side(runs: list[str]) -> None:
         return
     name_column, epoch_column = st.columns([1, 3])
     name = name_column.selectbox("Images", list(epochs), key="compare.image_name")
-    epoch = epochs[name][-1]
+    stored = {run: {ref.epoch for ref in refs[run] if ref.name == name} for run in runs}
+    shared = set.intersection(*stored.values())
+    epoch = max(shared) if shared else epochs[name][-1]  # the latest epoch every run has
     if len(epochs[name]) > 1:
         epoch = epoch_column.select_slider("Epoch", epochs[name], value=epoch, key="compare.epoch")
     source = connection.data_source()
     for column, run in zip(st.columns(len(runs)), runs, strict=True):
         job_id, trial = split_run(run)
-        if any(ref.name == name and ref.epoch == epoch for ref in refs[run]):
+        if epoch in stored[run]:
             png = resized_png(source, job_id, name, epoch, trial, DISPLAY_PX)
             column.image(png, caption=f"{run} · {name} · epoch {epoch}")
         else:

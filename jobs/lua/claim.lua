@@ -20,7 +20,7 @@ local function fits(id)
 end
 
 local window = free_cpus and tonumber(ARGV[3]) or 1
-for _, id in ipairs(redis.call('ZREVRANGE', KEY.queue, 0, window - 1)) do
+for _, id in ipairs(redis.call('ZRANGE', KEY.queue, 0, window - 1)) do
   if fits(id) then
     local job = KEY.job .. id
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)

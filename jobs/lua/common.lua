@@ -79,7 +79,7 @@ local function end_failed_attempt(id, now, retryable, backoff, message, worker)
   end
   redis.call('ZREM', KEY.running, id)
   redis.call('HSET', job, 'lease_deadline', '')
-  local delay = 0
+  local delay = math.min(backoff.cap, backoff.base * 2 ^ (attempts - 1))
   if delay > 0 then
     redis.call('ZADD', KEY.delayed, now + delay, id)
     redis.call('HSET', job, 'pending_reason', string.format('retry after %.1f s backoff', delay))
