@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-from jobs.records import InvalidTransition, JobNotFound
 from rich.console import Console
 
+from jobs.records import InvalidTransition, JobNotFound
 from jobs.spec_errors import SpecError
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

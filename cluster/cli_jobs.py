@@ -6,15 +6,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from jobs.records import JobRecord, JobStatus
 from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from cluster.cli_errors import EXIT_INVALID, UserError, stderr
+from jobs.records import JobRecord, JobStatus
 from jobs.settings import Settings
 from jobs.spec import JobSpec, load_spec_text
 from jobs.spec_errors import SpecError
@@ -177,7 +178,7 @@ def status(args: argparse.Namespace) -> int:
     record = store.get(args.job_id)
     events = store.events(args.job_id)
     if args.json:
-        body = {**record.to_dict(), "events": [event.to_dict() for event in events]}
+        body = {**asdict(record), "events": [asdict(event) for event in events]}
         print(json.dumps(body, default=str))
         return 0
     stdout.print(f"[bold]{record.id}[/bold]  {record.name}  ({record.kind}, {record.model_type})")

@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from jobs.queue import JobQueue
-from jobs.store import JobStore
 
 from cluster import ray_runtime
 from cluster.job_runner import is_running_on_ray, start_runner
 from cluster.placement import Resources, never_fits_reason, pending_reason
 from cluster.relay import Relay
 from cluster.relay_sink import write_messages
-from jobs.records import JobStatus
+from jobs.queue import JobQueue
+from jobs.records import JobStatus, LeaseLost
 from jobs.settings import Settings
+from jobs.store import JobStore
 
 log = logging.getLogger("genfleet.dispatcher")
 
@@ -139,8 +139,8 @@ class Dispatcher:
         """Fail jobs that can never fit; give the rest a plain-words reason to wait."""
         cluster = ray_runtime.cluster_resources()
         free = self._free_resources()
-        waiting = self.store.list_jobs(status=JobStatus.QUEUED.value, limit=50, oldest_first=True)
-        for ahead, record in enumerate(waiting.records):
+        waiting = self.store.get_many(self.queue.queued(limit=50))
+        for ahead, record in enumerate(waiting):
             needs = Resources(cpus=record.needs_cpus, gpus=record.needs_gpus)
             per_worker = record.spec.get("scaling", {})
             impossible = never_fits_reason(needs, per_worker, cluster)
@@ -184,7 +184,14 @@ class Dispatcher:
             self._relay(job)
             message = _root_cause(exc)
             retryable = not any(name in message for name in NOT_RETRYABLE)
-            self.queue.fail(job.job_id, self.worker_id, message, traceback.format_exc(), retryable)
+            try:
+                self.queue.fail(
+                    job.job_id, self.worker_id, message, traceback.format_exc(), retryable
+                )
+            except LeaseLost:
+                log.warning(
+                    "job %s failed after we lost its lease; its new owner decides", job.job_id
+                )
         else:
             self._relay(job)
             result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}

@@ -109,9 +109,10 @@ class JobStore:
             pipe.zcard(source)
             pipe.zrange(source, offset, last, desc=not oldest_first)
             total, ids = pipe.execute()
-        return Page(self._records([raw.decode() for raw in ids]), total)
+        return Page(self.get_many([raw.decode() for raw in ids]), total)
 
-    def _records(self, job_ids: list[str]) -> list[JobRecord]:
+    def get_many(self, job_ids: list[str]) -> list[JobRecord]:
+        """Records of these jobs in this order, one round trip; unknown ids are skipped."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(self.keys.job(job_id))
