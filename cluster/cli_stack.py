@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from cluster.cli_errors import stderr
 from jobs.settings import Settings
@@ -55,22 +56,22 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _dispatcher(settings: Settings, args: argparse.Namespace, include_ray_dashboard: bool):
+def _dispatcher(settings: Settings, args: argparse.Namespace) -> tuple[Any, str | None]:
     from cluster.cli_jobs import open_queue
     from cluster.dispatcher import Dispatcher
     from cluster.ray_runtime import connect_ray
 
     queue, store = open_queue()
-    connect_ray(args.ray_address or settings.ray_address, include_dashboard=include_ray_dashboard)
+    ray_dashboard = connect_ray(args.ray_address or settings.ray_address)
     lease = getattr(args, "lease_seconds", 30.0)
     poll = getattr(args, "poll_seconds", 0.5)
-    return Dispatcher(queue, store, settings, lease_seconds=lease, poll_seconds=poll)
+    return Dispatcher(queue, store, settings, lease_seconds=lease, poll_seconds=poll), ray_dashboard
 
 
 def worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     stop = _stop_on_signals()
-    dispatcher = _dispatcher(settings, args, include_ray_dashboard=False)
+    dispatcher, _ = _dispatcher(settings, args)
     stderr.print(f"dispatcher {dispatcher.worker_id} draining the queue; Ctrl-C to stop")
     dispatcher.run(stop)
     return 0
@@ -84,10 +85,10 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def up(args: argparse.Namespace) -> int:
     import ray
-    from jobs.redis_server import describe_url
 
     from cluster.cli_jobs import open_queue, read_spec
     from dashboard.launch import launch_dashboard
+    from jobs.redis_server import describe_url
 
     settings = Settings.from_env()
     stop = _stop_on_signals()

@@ -23,18 +23,22 @@ class ClusterResources:
     largest_node_gpus: float
 
 
-def connect_ray(address: str | None, include_dashboard: bool = False) -> None:
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
-    else:
-        ray.init(
-            namespace=NAMESPACE,
-            include_dashboard=include_dashboard,
-            dashboard_host="127.0.0.1",
-            log_to_driver=False,
-        )
+def connect_ray(address: str | None) -> str | None:
+    """Join `address` or start a local Ray; return the Ray dashboard URL when there is one."""
+    if not ray.is_initialized():
+        if address:
+            context = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        else:
+            # The dashboard process also serves Ray's State API, which Ray Train's placement
+            # group cleaner needs: without it a trial stopped by ASHA leaks its CPUs.
+            context = ray.init(
+                namespace=NAMESPACE,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=False,
+            )
+        return getattr(context, "dashboard_url", None) or None
+    return None
 
 
 def cluster_resources() -> ClusterResources:

@@ -27,6 +27,7 @@ from jobs.spec import (
     apply_overrides,
 )
 
+TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with few epochs
 
 
@@ -60,7 +61,9 @@ def run_sweep(
         )
         trainer.fit()
 
-    trainable = tune.with_resources(trial, {"cpu": 0})  # the Train workers hold the resources
+    # The trial's own process only drives its TorchTrainer; the Train workers hold the real
+    # resources. Tune refuses an empty request, so the driver asks for a sliver of a CPU.
+    trainable = tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPUS})
     experiment = str(Path(storage) / job_id) if "://" not in storage else f"{storage}/{job_id}"
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(
@@ -128,10 +131,12 @@ class TrialRelay(tune.Callback):
         self.relay = relay
         self.spec = spec
 
-    def _send(self, trial: Any, status: str, reason: str | None = None) -> None:
+    def _send(
+        self, trial: Any, status: str, reason: str | None = None, result: dict | None = None
+    ) -> None:
         sweep = self.spec.sweep
         assert sweep is not None
-        last = trial.last_result or {}
+        last = result or trial.last_result or {}
         info = {
             "config": _plain(trial.config),
             "status": status,

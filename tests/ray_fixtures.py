@@ -28,9 +28,18 @@ LOCAL_RAY_CPUS = 4  # logical CPUs: enough for two 2-worker runs on a 2-core CI 
 
 @pytest.fixture
 def local_ray() -> str:
-    """The session's local Ray cluster (token auth on, no dashboard); returns its GCS address."""
+    """The session's local Ray cluster (token auth on); returns its GCS address.
+
+    The dashboard runs (on loopback) because it serves the State API that Ray Train's placement
+    group cleaner needs, as in production.
+    """
     if not ray.is_initialized():
-        ray.init(num_cpus=LOCAL_RAY_CPUS, namespace="genfleet", include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=LOCAL_RAY_CPUS,
+            namespace="genfleet",
+            include_dashboard=True,
+            log_to_driver=False,
+        )
     return ray.get_runtime_context().gcs_address
 
 
@@ -42,7 +51,9 @@ class Stack:
     store: JobStore
     settings: Settings
 
-    def wait_for(self, job_id: str, predicate: Callable[[JobRecord], bool], timeout: float) -> JobRecord:
+    def wait_for(
+        self, job_id: str, predicate: Callable[[JobRecord], bool], timeout: float
+    ) -> JobRecord:
         deadline = time.monotonic() + timeout
         while True:
             record = self.store.get(job_id)
@@ -91,7 +102,9 @@ def dispatcher(stack: Stack) -> Iterator[Any]:
     """A dispatcher draining the stack's queue in a background thread of this process."""
     from cluster.dispatcher import Dispatcher
 
-    running = Dispatcher(stack.queue, stack.store, stack.settings, lease_seconds=10, poll_seconds=0.2)
+    running = Dispatcher(
+        stack.queue, stack.store, stack.settings, lease_seconds=10, poll_seconds=0.2
+    )
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
     thread.start()

@@ -42,7 +42,9 @@ def submit(stack: Stack, **overrides: object) -> str:
     return stack.queue.submit(validate_spec_dict(digits_spec(**overrides)))
 
 
-def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(stack: Stack, dispatcher) -> None:
+def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(
+    stack: Stack, dispatcher
+) -> None:
     job_id = submit(stack)
     record = stack.wait_final(job_id)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
@@ -68,12 +70,10 @@ def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, disp
         "grace_period": 1,
         "space": {"train.lr": {"loguniform": [0.0003, 0.03]}},
     }
-    job_id = submit(
-        stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=1
-    )
+    job_id = submit(stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=1)
     record = stack.wait_final(job_id, timeout=300)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
-    trials = stack.store.trials(job_id)
+    trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
     assert len(trials) == 4
     best = record.result["best_trial"]
     assert best in trials
@@ -83,7 +83,8 @@ def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, disp
     for trial_id, info in trials.items():
         assert info["status"] in {"completed", "stopped"}, info
         curve = stack.store.metrics(job_id, trial=trial_id)
-        assert len(curve) == info["iterations"] >= 1
+        # a stopped trial may finish an epoch or two before Tune acts on ASHA's decision
+        assert len(curve) >= info["iterations"] >= 1
         if info["status"] == "stopped":
             assert "ASHA" in info["reason"]
 
@@ -126,10 +127,12 @@ def test_killed_train_worker_restarts_from_the_last_checkpoint(stack: Stack, dis
     logs = "\n".join(stack.store.logs(job_id, tail=500))
     assert "resumed from" in logs
     resumed_after = int(logs.split("resumed from", 1)[1].split("after epoch ")[1].split(",")[0])
-    assert resumed_after >= 2
-    # the curve after the restart continues from the checkpoint's epoch
-    after = epochs[epochs.index(resumed_after) + 1 :]
-    assert after[0] == resumed_after + 1
+    # Ray Train registers a reported checkpoint asynchronously, so the restart may resume from
+    # the epoch before the last one reported; either way the curve continues from it.
+    assert 1 <= resumed_after < 6
+    restart = next(i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1])
+    assert epochs[:restart] == list(range(1, restart + 1))
+    assert epochs[restart:] == list(range(resumed_after + 1, 7))
 
 
 def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
@@ -167,4 +170,3 @@ def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
     assert "attempt 2: resuming from its last checkpoint" in logs
     assert "resumed from" in logs
     assert killed_at_epoch >= 2
-
