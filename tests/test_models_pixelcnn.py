@@ -202,7 +202,7 @@ def test_gated_pixelcnn_logits_follow_the_label_only_when_conditional():
     ("name", "field"), [("pixelcnn", "first_kernel"), ("gated_pixelcnn", "kernel")]
 )
 def test_an_even_kernel_is_refused_naming_the_field(name: str, field: str):
-    with pytest.raises(ValueError, match=f"model.params.{field}: must be odd, got 4"):
+    with pytest.raises(ValueError, match=f"{field}\n.*must be odd"):
         TINY[name](GREY, **{field: 4})
 
 

@@ -139,18 +139,14 @@ class CachedAutoregressiveModel(AutoregressiveModel):
             rows_so_far[:, channel, row, col] = categorical_pixel(logits, channel, row, col, noise)
         return rows_so_far[:, :, row, col]
 
-    @torch.no_grad()
-    def sample(self, labels: Tensor, generator: torch.Generator) -> Tensor:
-        return cached_sample(self, labels, generator)
-
-    @torch.no_grad()
-    def visuals(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Completions, as `AutoregressiveModel.visuals` draws them, from the cached sampler."""
-        first_row = self.shape.height // 2
-        completed = cached_sample(self, labels, generator, given=images, first_row=first_row)
-        return {"completions": torch.cat([images, completed])}
+    def draw(
+        self,
+        labels: Tensor,
+        generator: torch.Generator,
+        given: Tensor | None = None,
+        first_row: int = 0,
+    ) -> Tensor:
+        return cached_sample(self, labels, generator, given=given, first_row=first_row)
 
 
 @torch.no_grad()

@@ -31,9 +31,19 @@ class AutoregressiveModel(GenerativeModel):
         """
         raise NotImplementedError
 
+    def draw(
+        self,
+        labels: Tensor,
+        generator: torch.Generator,
+        given: Tensor | None = None,
+        first_row: int = 0,
+    ) -> Tensor:
+        """The sampler behind `sample` and `visuals`; models with a faster one override it."""
+        return naive_sample(self, labels, generator, given, first_row)
+
     @torch.no_grad()
     def sample(self, labels: Tensor, generator: torch.Generator) -> Tensor:
-        return naive_sample(self, labels, generator)
+        return self.draw(labels, generator)
 
     @torch.no_grad()
     def visuals(
@@ -41,7 +51,7 @@ class AutoregressiveModel(GenerativeModel):
     ) -> dict[str, Tensor]:
         """Completions: the top half of real images, the bottom half sampled by the model."""
         first_row = self.shape.height // 2
-        completed = naive_sample(self, labels, generator, given=images, first_row=first_row)
+        completed = self.draw(labels, generator, given=images, first_row=first_row)
         return {"completions": torch.cat([images, completed])}
 
 

@@ -105,8 +105,6 @@ class GatedPixelCNN(CachedAutoregressiveModel):
 
     def __init__(self, params: GatedPixelCNNParams, shape: ImageShape, num_classes: int) -> None:
         super().__init__(params, shape, num_classes)
-        if params.kernel % 2 == 0:
-            raise ValueError(f"model.params.kernel: must be odd, got {params.kernel}")
         groups = shape.channels
         width = params.channels * groups  # `params.channels` features per colour group
         classes = num_classes if params.conditional else None

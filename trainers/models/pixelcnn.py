@@ -50,8 +50,6 @@ class PixelCNN(CachedAutoregressiveModel):
 
     def __init__(self, params: PixelCNNParams, shape: ImageShape, num_classes: int) -> None:
         super().__init__(params, shape, num_classes)
-        if params.first_kernel % 2 == 0:
-            raise ValueError(f"model.params.first_kernel: must be odd, got {params.first_kernel}")
         groups = shape.channels
         # `params.channels` is h per colour group; the residual stream carries 2h (figure 5).
         hidden = params.channels * groups
