@@ -23,6 +23,7 @@ from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.data import load_dataset
 from trainers.likelihood import categorical_nll, sample_categorical
 from trainers.loop import NonFiniteLossError, RunContext, TrainingCancelled, TrainingRun, train_job
+from trainers.optim import WeightEMA
 from trainers.reporter import FolderReporter
 from trainers.run_local import run_local
 
@@ -260,7 +261,7 @@ def test_checkpoint_of_another_model_type_is_refused(tmp_path: Path, pixel_logit
 
 def test_weight_ema_warms_up_then_decays_at_the_configured_rate() -> None:
     live = PixelLogits(TinyParams(), ImageShape(1, 1, 1, 2), 1)
-    ema = loop.WeightEMA(live, decay=0.999)
+    ema = WeightEMA(live, decay=0.999)
     with torch.no_grad():
         live.logits.fill_(1.0)
     ema.update(live)  # decay min(0.999, 1/10): mostly the live weights

@@ -8,7 +8,6 @@ model-wrapping hook) and metric sums are all-reduced whenever torch.distributed 
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.optim import SGD, Adam, AdamW, Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LambdaLR, LRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from jobs.spec import JobSpec, TrainSpec
+from jobs.spec import JobSpec
 from trainers import checkpoint
-from trainers.api import GenerativeModel, nats_to_bits_per_dim
+from trainers.api import GenerativeModel
 from trainers.data import Datasets, load_dataset
 from trainers.images import levels_to_png
+from trainers.metrics import MetricSums, all_reduce_sum, gather_from_ranks, with_bits_per_dim
 from trainers.models import build_model
+from trainers.optim import WeightEMA, build_optimizer, build_schedule
 from trainers.quality import (
     FeatureClassifier,
     classifier_frechet_distance,
@@ -40,7 +38,6 @@ CPU = torch.device("cpu")
 # Val images shown with their reconstructions / completions, and the width of those grids: one
 # row of originals above one row of model outputs (and rows of 8 VAE interpolation steps).
 VISUAL_IMAGES = 8
-SGD_MOMENTUM = 0.9  # the spec has no momentum field; plain SGD is too slow to be a useful choice
 # Sample quality (FCD, trainers/quality.py) for models whose likelihood is absent or a bound.
 FCD_OBJECTIVES = ("adversarial", "elbo")
 FCD_IMAGES = 1000  # at most, real (val) and generated; FCD rises as the count falls
@@ -364,110 +361,6 @@ def likelihood_kind(model: GenerativeModel) -> str:
         last = getattr(model.params, "iw_samples_final", None)
         return f"bound (IWAE k={every}, k={last} at the last epoch)"
     return "none"
-
-
-def build_optimizer(
-    params: Iterator[nn.Parameter], train: TrainSpec, betas: tuple[float, float] | None
-) -> Optimizer:
-    if train.optimizer == "sgd":
-        return SGD(params, lr=train.lr, momentum=SGD_MOMENTUM, weight_decay=train.weight_decay)
-    adam = Adam if train.optimizer == "adam" else AdamW
-    extra = {"betas": betas} if betas is not None else {}
-    return adam(params, lr=train.lr, weight_decay=train.weight_decay, **extra)
-
-
-def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> LRScheduler:
-    """Stepped once per batch: cosine reaches 0 at the last step, exponential decays every step."""
-    if train.lr_schedule == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    if train.lr_schedule == "exponential":
-        return ExponentialLR(optimizer, gamma=train.lr_decay)
-    return LambdaLR(optimizer, lambda _: 1.0)
-
-
-class WeightEMA:
-    """An exponential moving average of the weights (Polyak averaging, as PixelCNN++ section 3
-    evaluates with); buffers such as batch-norm statistics are copied, not averaged.
-
-    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (the `num_updates`
-    option of TensorFlow's ExponentialMovingAverage): with 0.999 from the first step, a
-    200-step run would evaluate weights that are still 82% the random initialisation.
-    """
-
-    def __init__(self, model: GenerativeModel, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self.model = copy.deepcopy(model).requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: GenerativeModel) -> None:
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
-            average.lerp_(live, 1.0 - decay)
-        for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
-            average.copy_(live)
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.updates = state["updates"]
-
-
-class MetricSums:
-    """Sums of per-image terms (float64) and their image counts, all-reduced before dividing once."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.sums: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, terms: dict[str, Tensor], prefix: str) -> None:
-        for key, value in terms.items():
-            name = prefix + key
-            total = value.detach().double().sum()
-            self.sums[name] = self.sums[name] + total if name in self.sums else total
-            self.counts[name] = self.counts.get(name, 0) + value.numel()
-
-    def reduce_means(self) -> dict[str, float]:
-        names = sorted(self.sums)
-        if not names:
-            return {}
-        sums = torch.stack([self.sums[name] for name in names]).to(self.device)  # (K,)
-        counts = torch.tensor([float(self.counts[name]) for name in names], dtype=torch.float64)
-        totals = all_reduce_sum(torch.cat([sums, counts.to(self.device)])).cpu()  # (2K,)
-        return {name: (totals[i] / totals[len(names) + i]).item() for i, name in enumerate(names)}
-
-
-def with_bits_per_dim(means: dict[str, float], prefix: str, dims: int) -> dict[str, float]:
-    """Add bits/dim beside each `<prefix><term>_nats`; `nll_nats` gives `<prefix>bits_per_dim`."""
-    bits = {}
-    for name, value in means.items():
-        if name.endswith("_nats"):
-            term = name.removeprefix(prefix).removesuffix("_nats")
-            bits_name = f"{prefix}bits_per_dim" if term == "nll" else f"{prefix}{term}_bits_per_dim"
-            bits[bits_name] = float(nats_to_bits_per_dim(value, dims))
-    return {**means, **bits}
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def gather_from_ranks(value: Any) -> list[Any]:
-    if not is_distributed():
-        return [value]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
 
 
 @contextmanager
