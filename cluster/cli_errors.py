@@ -11,9 +11,11 @@ import redis
 from rich.console import Console
 
 from jobs.records import InvalidTransition, JobNotFound
+from jobs.redis_server import EmbeddedRedisError
 from jobs.spec_errors import SpecError
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: messages quote user input (file names, YAML keys), where "[/x]" is text, not a tag.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -27,6 +29,12 @@ class UserError(Exception):
     exit_code = EXIT_INVALID
 
 
+class UsageError(UserError):
+    """The command cannot run as asked, e.g. the dashboard's port is taken."""
+
+    exit_code = EXIT_USAGE
+
+
 @dataclass
 class Outcome:
     code: int = 0
@@ -38,7 +46,8 @@ def friendly_errors() -> Iterator[Outcome]:
     try:
         yield outcome
     except SpecError as exc:
-        stderr.print(f"[red]invalid spec[/red]\n{exc}", markup=True)
+        stderr.print("invalid spec", style="red")
+        stderr.print(str(exc))
         outcome.code = EXIT_INVALID
     except JobNotFound as exc:
         stderr.print(f"error: {exc}")
@@ -48,6 +57,9 @@ def friendly_errors() -> Iterator[Outcome]:
         outcome.code = getattr(exc, "exit_code", EXIT_INVALID)
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
         stderr.print(f"error: cannot reach Redis ({exc}); check GENFLEET_REDIS_URL")
+        outcome.code = EXIT_UNAVAILABLE
+    except EmbeddedRedisError as exc:
+        stderr.print(f"error: cannot start the embedded Redis: {exc}")
         outcome.code = EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         stderr.print("interrupted")

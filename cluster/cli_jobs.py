@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -20,7 +22,11 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec, load_spec_text
 from jobs.spec_errors import SpecError
 
-stdout = Console(highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True, markup=False)  # job text is never markup
+
+JOB_ID_CHARS = 12  # jobs.queue makes ids of 6 random bytes in hex
+UNBOUNDED_COLUMNS = 10_000
+FOLLOW_POLL_SECONDS = 1.0
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -43,8 +49,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--status", choices=[status.value for status in JobStatus])
     command.add_argument("--model")
     command.add_argument("--kind", choices=["train", "sweep"])
-    command.add_argument("--limit", type=int, default=50)
-    command.add_argument("--offset", type=int, default=0)
+    command.add_argument("--limit", type=_int_at_least(1), default=50)
+    command.add_argument("--offset", type=_int_at_least(0), default=0)
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=list_jobs)
 
@@ -70,7 +76,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     command = subcommands.add_parser("logs", help="a job's log lines")
     command.add_argument("job_id", metavar="JOB")
-    command.add_argument("--tail", type=int, default=200)
+    command.add_argument(
+        "--tail", type=_int_at_least(0), default=200, help="earlier lines to print first"
+    )
     command.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     command.set_defaults(handler=logs)
 
@@ -78,6 +86,21 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("job_id", metavar="JOB")
     command.add_argument("--out", type=Path, required=True, metavar="DIR")
     command.set_defaults(handler=samples)
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type; Redis ranges read 0 and negative counts as "to the end", so refuse them."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def open_queue() -> tuple[Any, Any]:
@@ -144,21 +167,42 @@ def list_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"total": page.total, "jobs": [_summary(r) for r in page.records]}))
         return 0
-    table = Table("id", "name", "model", "kind", "status", "prio", "tries", "progress", "val bpd")
+    table = _job_table()
     for record in page.records:
         row = _summary(record)
         table.add_row(
             row["id"], row["name"], row["model"], row["kind"], row["status"],
             str(row["priority"]), str(row["attempts"]), row["progress"], row["val_bits_per_dim"],
         )  # fmt: skip
-    stdout.print(table)
+    _console_fitting(table).print(table)
     stdout.print(f"{len(page.records)} of {page.total} job(s)")
     return 0
 
 
+def _job_table() -> Table:
+    """Ids and statuses are never cut: users copy ids into other commands and scripts grep."""
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=JOB_ID_CHARS)
+    table.add_column("name")
+    table.add_column("model")
+    table.add_column("kind")
+    table.add_column("status", no_wrap=True, min_width=max(map(len, JobStatus)))
+    for header in ("prio", "tries", "progress", "val bpd"):
+        table.add_column(header)
+    return table
+
+
+def _console_fitting(table: Table) -> Console:
+    """A terminal keeps its width; a pipe or file gets whole rows, not rich's default 80 columns."""
+    if stdout.is_terminal:
+        return stdout
+    natural = Measurement.get(stdout, stdout.options.update_width(UNBOUNDED_COLUMNS), table)
+    return Console(highlight=False, soft_wrap=True, markup=False, width=natural.maximum)
+
+
 def _summary(record: JobRecord) -> dict[str, Any]:
     progress = record.progress or {}
-    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    epoch, epochs = progress.get("epoch"), _epochs(record)
     bpd = progress.get("val_bits_per_dim")
     return {
         "id": record.id,
@@ -173,6 +217,11 @@ def _summary(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def _epochs(record: JobRecord) -> int | None:
+    """The run reports the epoch it reached; how many it will run is in the spec."""
+    return record.spec.get("train", {}).get("epochs")
+
+
 def status(args: argparse.Namespace) -> int:
     _, store = open_queue()
     record = store.get(args.job_id)
@@ -181,20 +230,22 @@ def status(args: argparse.Namespace) -> int:
         body = {**asdict(record), "events": [asdict(event) for event in events]}
         print(json.dumps(body, default=str))
         return 0
-    stdout.print(f"[bold]{record.id}[/bold]  {record.name}  ({record.kind}, {record.model_type})")
+    stdout.print(record.id, style="bold", end="")
+    stdout.print(f"  {record.name}  ({record.kind}, {record.model_type})")
     stdout.print(
         f"status: {record.status.value}   attempts: {record.attempts}/{record.max_attempts}"
     )
     if record.pending_reason and record.status == JobStatus.QUEUED:
         stdout.print(f"waiting: {record.pending_reason}")
-    progress = record.progress or {}
-    if progress.get("epochs"):
-        bar = ProgressBar(total=progress["epochs"], completed=progress.get("epoch", 0), width=30)
-        stdout.print(bar, f" epoch {progress.get('epoch', 0)}/{progress['epochs']}", end="")
+    progress, epochs = record.progress or {}, _epochs(record)
+    if epochs and "epoch" in progress:
+        bar = ProgressBar(total=epochs, completed=progress["epoch"], width=30)
+        stdout.print(bar, f" epoch {progress['epoch']}/{epochs}", end="")
         bpd = progress.get("val_bits_per_dim")
         stdout.print(f"   val bits/dim {bpd:.4f}" if isinstance(bpd, int | float) else "")
     if record.last_error:
-        stdout.print(f"[red]last error:[/red] {record.last_error}")
+        stdout.print("last error:", style="red", end=" ")
+        stdout.print(record.last_error)
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts))
         stdout.print(f"  {stamp}  {event.status:<10} {event.message}")
@@ -233,22 +284,21 @@ def _print_status(args: argparse.Namespace, new_status: JobStatus) -> int:
 
 def logs(args: argparse.Namespace) -> int:
     _, store = open_queue()
-    lines = store.logs(args.job_id, tail=args.tail)
-    for line in lines:
-        print(line)
-    if not args.follow:
-        return 0
-    printed = store.log_length(args.job_id)
+    store.get(args.job_id)  # an unknown job is an error, not an empty log
+    # One cursor for the tail and the follow, so no line is skipped or printed twice.
+    printed = max(0, store.log_length(args.job_id) - args.tail)
     while True:
-        sys.stdout.flush()
+        # The status is read before the lines: a job that ends after this read shows its
+        # last lines on the next pass before the loop stops.
         record = store.get(args.job_id)
         new_lines = store.logs_since(args.job_id, printed)
         for line in new_lines:
             print(line)
+        sys.stdout.flush()
         printed += len(new_lines)
-        if record.status.is_final and not new_lines:
+        if not args.follow or (record.status.is_final and not new_lines):
             return 0
-        time.sleep(1.0)
+        time.sleep(FOLLOW_POLL_SECONDS)
 
 
 def samples(args: argparse.Namespace) -> int:

@@ -22,14 +22,17 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # torch loads here, not at `genfleet` start-up: the queue commands stay instant
+    spec = read_spec(args.spec)
+    if spec.kind != "train":
+        raise UserError(
+            f"{args.spec}: kind: run-local runs train specs, got {spec.kind!r}; "
+            f"run sweeps on the cluster with `genfleet submit {args.spec}`"
+        )
+    # torch loads here, after the spec is checked: the queue commands and spec errors stay instant
     from trainers.checkpoint import CheckpointError
     from trainers.data import DatasetError
     from trainers.run_local import run_local
 
-    spec = read_spec(args.spec)
-    if spec.kind != "train":
-        raise UserError(f"{args.spec}: kind: run-local runs train specs; submit sweeps instead")
     out_dir = args.out or Path("runs") / spec.name
     settings = Settings.from_env()
     try:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
+import subprocess
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cluster.cli_errors import stderr
+from cluster.cli_errors import UsageError, stderr
 from jobs.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "examples"
 DEMO_SPECS = ("demo_pixelcnn_digits.yaml", "demo_sweep_digits.yaml")
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -44,6 +47,10 @@ def _ray_address_option(command: argparse.ArgumentParser) -> None:
 
 
 def _stop_on_signals() -> threading.Event:
+    """Ctrl-C or SIGTERM asks the loop to stop cleanly.
+
+    Call it after `ray.init`, which installs its own SIGTERM handler that exits at once.
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -70,8 +77,8 @@ def _dispatcher(settings: Settings, args: argparse.Namespace) -> tuple[Any, str 
 
 def worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    stop = _stop_on_signals()
     dispatcher, _ = _dispatcher(settings, args)
+    stop = _stop_on_signals()
     stderr.print(f"dispatcher {dispatcher.worker_id} draining the queue; Ctrl-C to stop")
     dispatcher.run(stop)
     return 0
@@ -86,36 +93,79 @@ def dashboard(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.cli_jobs import open_queue, read_spec
-    from dashboard.launch import launch_dashboard
+    from cluster.cli_jobs import open_queue
     from jobs.redis_server import describe_url
 
     settings = Settings.from_env()
-    stop = _stop_on_signals()
-    dispatcher = _dispatcher(settings, args, include_ray_dashboard=True)
     queue, _ = open_queue()
     stderr.print(f"redis      {describe_url(queue.redis)}")
-    ray_dashboard = (
-        ray.get_runtime_context().dashboard_url if hasattr(ray, "get_runtime_context") else None
-    )
-    stderr.print(f"ray        {ray_dashboard or 'connected'} (token authentication on)")
-    process = None
-    if not args.no_dashboard:
-        address, port = settings.dashboard_address, settings.dashboard_port
-        process = launch_dashboard(address, port, settings.dashboard_password)
-        stderr.print(f"dashboard  http://{address}:{port}")
-    if args.demo:
-        for name in DEMO_SPECS:
-            job_id = queue.submit(read_spec(EXAMPLES / name), idempotency_key=f"demo-{name}")
-            stderr.print(f"demo job   {job_id} ({name})")
-    stderr.print(
-        "submit with: genfleet submit jobs/examples/pixelcnn_digits.yaml; Ctrl-C stops all"
-    )
+    # The dashboard starts first: a bind it refuses stops `up` before Ray is started for nothing.
+    process = None if args.no_dashboard else _start_dashboard(settings)
     try:
+        dispatcher, ray_dashboard = _dispatcher(settings, args)
+        stop = _stop_on_signals()
+        stderr.print(f"ray        {_as_url(ray_dashboard) or 'connected'}")
+        if process is not None:
+            stderr.print(
+                f"dashboard  http://{settings.dashboard_address}:{settings.dashboard_port}"
+            )
+        if args.demo:
+            _submit_demo_jobs(queue)
+        stderr.print(
+            "submit with: genfleet submit jobs/examples/pixelcnn_digits.yaml; Ctrl-C stops all"
+        )
         dispatcher.run(stop)
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=10)
+            _stop_process(process)
         ray.shutdown()
     return 0
+
+
+def _as_url(address: str | None) -> str | None:
+    """Ray reports its dashboard as host:port; people click URLs."""
+    if address and "://" not in address:
+        return f"http://{address}"
+    return address
+
+
+def _start_dashboard(settings: Settings) -> subprocess.Popen[bytes]:
+    from dashboard.launch import UnsafeBindError, launch_dashboard
+
+    address, port = settings.dashboard_address, settings.dashboard_port
+    if not _port_is_free(address, port):
+        raise UsageError(
+            f"GENFLEET_DASHBOARD_PORT: {port} on {address} is in use; choose another port "
+            "or start with --no-dashboard"
+        )
+    try:
+        return launch_dashboard(address, port, settings.dashboard_password)
+    except UnsafeBindError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _port_is_free(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _submit_demo_jobs(queue: Any) -> None:
+    from cluster.cli_jobs import read_spec
+
+    for name in DEMO_SPECS:
+        # A fixed key: a second `up --demo` on the same Redis queues no second copy.
+        job_id = queue.submit(read_spec(EXAMPLES / name), idempotency_key=f"demo-{name}")
+        stderr.print(f"demo job   {job_id} ({name})")
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

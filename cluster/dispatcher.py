@@ -26,7 +26,7 @@ import ray
 from cluster import ray_runtime
 from cluster.job_runner import is_running_on_ray, start_runner
 from cluster.placement import Resources, never_fits_reason, pending_reason
-from cluster.relay import Relay
+from cluster.relay import Message, Relay
 from cluster.relay_sink import write_messages
 from jobs.queue import JobQueue
 from jobs.records import JobStatus, LeaseLost
@@ -47,6 +47,7 @@ class ActiveJob:
     needs: Resources
     lease_renewed_at: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
+    undelivered: list[Message] = field(default_factory=list)  # drained, not yet in Redis
 
     @property
     def node_ids(self) -> list[str]:
@@ -154,9 +155,13 @@ class Dispatcher:
     # -- running ------------------------------------------------------------------------------
 
     def _relay(self, job: ActiveJob) -> None:
-        messages = ray.get(job.relay.drain.remote())
-        for worker in write_messages(self.store, job.job_id, messages):
-            job.workers[worker["rank"]] = worker
+        # A message leaves `undelivered` only once stored, so a Redis outage delays a run's
+        # metrics and images instead of losing the ones drained when it began.
+        job.undelivered.extend(ray.get(job.relay.drain.remote()))
+        while job.undelivered:
+            for worker in write_messages(self.store, job.job_id, job.undelivered[:1]):
+                job.workers[worker["rank"]] = worker
+            del job.undelivered[0]
 
     def _service(self, job: ActiveJob) -> None:
         self._relay(job)

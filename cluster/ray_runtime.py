@@ -31,7 +31,10 @@ def connect_ray(address: str | None) -> str | None:
         else:
             # The dashboard process also serves Ray's State API, which Ray Train's placement
             # group cleaner needs: without it a trial stopped by ASHA leaks its CPUs.
+            # "local", not None: None joins whatever cluster Ray's address file names (the last
+            # `ray start` or ray.cluster_utils.Cluster here), and hangs when that one is gone.
             context = ray.init(
+                address="local",
                 namespace=NAMESPACE,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",

@@ -26,10 +26,16 @@ from jobs.spec_errors import FieldError, SpecError, describe_error, format_valid
 from jobs.yaml_source import YamlSource, parse_yaml
 
 DATASETS = ("digits", "mnist", "binarized_mnist", "fashion_mnist", "cifar10", "image_folder")
+# Every value a search domain lists is validated as a whole spec, so these bound the work one
+# submitted spec can cause (a 64 KiB spec could otherwise list 16,000 values: seconds of CPU).
+MAX_DOMAIN_VALUES = 100
+MAX_SEARCH_KEYS = 16
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are errors, so a spec cannot smuggle in a runtime_env, an entrypoint or a
+    # command. No inf or NaN: JSON has neither, so the stored spec would not read back.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _model_variant(model_type: str, params: type[Params]) -> type[Section]:
@@ -117,11 +123,11 @@ class ScalingSpec(Section):
 
 
 class Choice(Section):
-    choice: list[Any] = Field(min_length=1)
+    choice: list[Any] = Field(min_length=1, max_length=MAX_DOMAIN_VALUES)
 
 
 class Grid(Section):
-    grid: list[Any] = Field(min_length=1)
+    grid: list[Any] = Field(min_length=1, max_length=MAX_DOMAIN_VALUES)
 
 
 class Uniform(Section):
@@ -140,14 +146,14 @@ SearchDomain = Choice | Grid | Uniform | LogUniform | RandInt
 
 
 class SweepSpec(Section):
-    metric: str = "val_bits_per_dim"
+    metric: str = Field("val_bits_per_dim", pattern=r"^[a-z][a-z0-9_]{0,63}$")
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(8, ge=1, le=10000)
     max_concurrent: int = Field(2, ge=1, le=1024)
     search: Literal["random", "grid", "optuna"] = "random"
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
-    space: dict[str, SearchDomain] = Field(min_length=1)
+    space: dict[str, SearchDomain] = Field(min_length=1, max_length=MAX_SEARCH_KEYS)
 
     @model_validator(mode="after")
     def _domains_fit_search(self) -> SweepSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -117,32 +118,94 @@ def test_every_error_is_reported_at_once() -> None:
     assert len(errors) == 3
 
 
+HOSTILE_SECONDS = 1.0  # generous: each of these is refused in milliseconds on one CPU
+SWEEP_HEAD = "kind: sweep\nmodel: {type: pixelcnn}\ndata: {dataset: digits}\nsweep:\n  space:\n"
+
+
+def timed_rejection(text: str | bytes) -> tuple[str, float]:
+    started = time.perf_counter()
+    with pytest.raises(SpecError) as caught:
+        load_spec_text(text, "in.yaml")
+    return str(caught.value), time.perf_counter() - started
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("a: !!python/object/apply:os.system ['true']", "could not determine a constructor"),
+        ("a: !!python/object/new:subprocess.Popen [[id]]", "could not determine a constructor"),
+        ("a: !!python/name:os.system", "could not determine a constructor"),
+        ("a: !!python/module:os", "could not determine a constructor"),
+        ("a: !!python/object:jobs.spec.JobSpec {}", "could not determine a constructor"),
         ("a: &x [1, 2]\nb: [*x, *x]", "aliases (*name) are not allowed"),
         ("model: [unclosed", "invalid YAML"),
         ("", "empty document"),
         ("- just\n- a list", "a spec must be a mapping, got list"),
-        (b"\xff\xfe not utf-8", "not UTF-8 text"),
-        ("x: " + "a" * 70_000, "the limit is 65536"),
+        ("a: 1\n---\nb: 2", "expected a single document"),
+        (b"\xff\xfe not utf-8", "not UTF-8 text (byte 0)"),
+        (b"name: caf\xe9", "not UTF-8 text (byte 9)"),
+        ("x: " + "a" * 70_000, "in.yaml: spec is 70003 bytes; the limit is 65536"),
+        (b"x: " + b"a" * 70_000, "in.yaml: spec is 70003 bytes; the limit is 65536"),
+        ("x: " + "\u00e9" * 40_000, "in.yaml: spec is 80003 bytes; the limit is 65536"),
+        ("a: " + "[" * 60_000, "line 1: invalid YAML: while increasing flow level, exceeded maximum nesting depth"),
+        ("a: " + "[" * 40 + "]" * 40, "line 1: invalid YAML: specs may nest at most 32 levels deep"),
+        ("a: " + "{b: " * 15_000, "line 1: invalid YAML: specs may nest at most 32 levels deep"),
+        ("".join(" " * i + f"k{i}:\n" for i in range(40)), "line 33: invalid YAML: specs may nest"),
+        ("- " * 30_000, "invalid YAML: specs may nest at most 32 levels deep"),
+        ("train: {epochs: " + "9" * 5000 + "}", "line 1: invalid YAML: integers must fit in 64 bits"),
+        ("train: {seed: 0x" + "f" * 60_000 + "}", "invalid YAML: integers must fit in 64 bits"),
+        ("train: {seed: 9223372036854775808}", "invalid YAML: integers must fit in 64 bits"),
+        (SWEEP_HEAD + "    train.lr: {choice: [" + "0.1, " * 12_000 + "0.1]}", "sweep.space.train.lr.choice: list should have at most 100 items"),
+        (SWEEP_HEAD + "".join(f"    k{i}: {{choice: [1]}}\n" for i in range(2_000)), "sweep.space: dictionary should have at most 16 items"),
     ],
-)
-def test_hostile_or_broken_yaml_is_rejected_with_a_clear_error(
+)  # fmt: skip
+def test_hostile_or_broken_yaml_is_rejected_quickly_with_a_clear_error(
     text: str | bytes, expected: str
 ) -> None:
-    with pytest.raises(SpecError) as caught:
-        load_spec_text(text, "in.yaml")
-    assert expected in str(caught.value)
+    message, seconds = timed_rejection(text)
+    assert expected in message
+    assert message.startswith("in.yaml: ")
+    assert seconds < HOSTILE_SECONDS
 
 
 def test_billion_laughs_is_rejected_quickly() -> None:
     lines = ['a0: &a0 "lol"'] + [
         f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)
     ]
-    with pytest.raises(SpecError, match="aliases"):
-        load_spec_text("\n".join(lines))
+    message, seconds = timed_rejection("\n".join(lines))
+    assert message == "in.yaml: line 2: invalid YAML: YAML aliases (*name) are not allowed in specs"
+    assert seconds < HOSTILE_SECONDS
+
+
+def test_a_largest_spec_of_many_search_values_is_judged_quickly() -> None:
+    """Every domain value is validated as a whole spec: the caps keep that work small."""
+    tunable = ["lr", "batch_size", "weight_decay", "lr_decay", "grad_clip", "seed", "epochs"]
+    tunable += ["num_samples", "eval_every", "sample_every", "checkpoint_every"]
+    tunable += ["max_steps_per_epoch"]
+    values = ", ".join(["1"] * 100)
+    space = "".join(f"    train.{name}: {{choice: [{values}]}}\n" for name in tunable)
+    started = time.perf_counter()
+    spec = load_spec_text(SWEEP_HEAD + space)
+    assert time.perf_counter() - started < HOSTILE_SECONDS
+    assert len(spec.sweep.space) == 12
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"train": {"grad_clip": float("inf")}}, "train.grad_clip: must be a finite number, got inf"),
+        ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number, got nan"),
+        ({"kind": "sweep", "sweep": {"space": {"train.grad_clip": {"uniform": [1, float("inf")]}}}}, "sweep.space.train.grad_clip.uniform.1: must be a finite number, got inf"),
+        ({"kind": "sweep", "sweep": {"space": {"train.grad_clip": {"choice": [1, float("inf")]}}}}, "sweep.space.train.grad_clip.choice[1]: must be a finite number, got inf"),
+        ({"kind": "sweep", "sweep": {"metric": "__import__('os')", "space": {"train.lr": {"choice": [0.1]}}}}, "sweep.metric: string should match pattern"),
+    ],
+)  # fmt: skip
+def test_values_that_would_not_read_back_from_json_are_rejected(
+    patch: dict, expected: str
+) -> None:
+    """JSON has no inf or NaN: a stored spec holding one would fail when a dispatcher claims it."""
+    data = {**MINIMAL, **patch}
+    assert any(expected in error for error in errors_of(data)), errors_of(data)
 
 
 def test_sweep_trial_overrides_produce_a_valid_train_spec() -> None:

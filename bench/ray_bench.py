@@ -1,0 +1,337 @@
+"""What Ray costs a genfleet run: Ray Train's per-step overhead, and submit-to-first-step latency.
+
+    .venv/bin/python bench/ray_bench.py          # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/ray_bench.py --quick  # under 2 minutes
+
+Starts a local Ray as `genfleet up` does (`connect_ray`, dashboard on loopback) and an embedded
+Redis in a temporary home, and stops both at the end. Prints markdown; every figure is from
+this run. The same spec throughout: PixelCNN with its default params on digits, batch 64.
+
+a. Ray Train overhead. Each round trains the spec through `train_job` twice: bare in this
+   process (a plain RunContext and a FolderReporter), then in one Ray Train worker of 1 CPU
+   (`build_trainer` and the ray_adapter, as a dispatcher runs it). Both use one torch thread
+   (Ray gives a 1-CPU worker OMP_NUM_THREADS=1). Seconds per step come from inside the loop:
+   each epoch's batch size over its `images_per_s` (full epochs of 25 full batches). The first
+   epoch of every run is warm-up and left out; the run's wall time is shown beside.
+b. Submit to first step on a warm stack: `JobQueue.submit`, claimed by a Dispatcher (a thread
+   here, with `genfleet worker`'s lease and poll defaults) that starts a Ray Train run, beside
+   Ray's Jobs API `submit_job` of `genfleet run-local` on the same spec (1 entrypoint CPU).
+   The spec trains one epoch of one step, so its first metrics report (the job store's metrics
+   for genfleet, metrics.jsonl for run-local) comes after the first step and the same
+   epoch-end work (a val pass, 4 samples, a checkpoint). "set up" is the run info the loop
+   reports just before its first step (a job event; info.json). One untimed run of each
+   system first, then alternating repeats; the bench polls every 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import redis
+import torch
+import yaml
+from ray.job_submission import JobStatus as RayJobStatus
+from ray.job_submission import JobSubmissionClient
+
+from cluster.dispatcher import Dispatcher
+from cluster.job_runner import build_trainer
+from cluster.ray_runtime import connect_ray
+from cluster.relay import Relay
+from jobs.queue import JobQueue
+from jobs.records import JobStatus
+from jobs.redis_server import ensure_embedded, stop_embedded
+from jobs.settings import Settings
+from jobs.spec import JobSpec, validate_spec_dict
+from jobs.store import JobStore
+from trainers.loop import RunContext, train_job
+from trainers.reporter import FolderReporter
+
+BATCH_SIZE = 64
+POLL_SECONDS = 0.05
+LATENCY_TIMEOUT_SECONDS = 180.0
+RAY_JOB_FINAL = {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED, RayJobStatus.STOPPED}
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int  # part a: bare + Ray Train runs of each
+    epochs: int  # per part-a run, the first one left out
+    repeats: int  # part b: timed submissions per system
+
+
+FULL = Plan(rounds=3, epochs=6, repeats=4)
+QUICK = Plan(rounds=1, epochs=4, repeats=2)
+
+
+def spec_dict(epochs: int, max_steps_per_epoch: int | None) -> dict[str, Any]:
+    """PixelCNN defaults on digits; evaluation, samples and checkpoint only after the last epoch."""
+    return {
+        "name": "ray-bench",
+        "model": {"type": "pixelcnn"},
+        "data": {"dataset": "digits"},
+        "train": {
+            "epochs": epochs,
+            "batch_size": BATCH_SIZE,
+            "max_steps_per_epoch": max_steps_per_epoch,
+            "eval_every": epochs,
+            "sample_every": epochs,
+            "checkpoint_every": epochs,
+            "num_samples": 4,
+        },
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0},
+    }
+
+
+# -- a. Ray Train overhead ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    epochs: list[dict[str, Any]]  # the metrics each epoch reported
+    wall_seconds: float
+
+    @property
+    def steady_step_seconds(self) -> list[float]:
+        """Seconds per step of every epoch after the first (all batches are full)."""
+        return [BATCH_SIZE / epoch["images_per_s"] for epoch in self.epochs[1:]]
+
+
+def train_bare(spec: JobSpec, work: Path, data_dir: Path) -> TrainRun:
+    out_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=work))
+    context = RunContext(data_dir=data_dir, checkpoint_dir=out_dir / "checkpoints")
+    started = time.perf_counter()
+    train_job(spec, FolderReporter(out_dir), context)
+    wall = time.perf_counter() - started
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return TrainRun([json.loads(line) for line in lines], wall)
+
+
+def train_on_ray(spec: JobSpec, work: Path, data_dir: Path, run_name: str) -> TrainRun:
+    relay = Relay.remote()
+    loop_config = {"relay": relay, "data_dir": str(data_dir), "trial": None}
+    trainer = build_trainer(spec, run_name, str(work / "ray-storage"), loop_config)
+    started = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - started
+    messages = ray.get(relay.drain.remote())
+    ray.kill(relay)
+    return TrainRun([payload["metrics"] for kind, payload in messages if kind == "metrics"], wall)
+
+
+def overhead_rows(plan: Plan, work: Path, data_dir: Path) -> dict[str, list[TrainRun]]:
+    spec = JobSpec.model_validate(spec_dict(plan.epochs, max_steps_per_epoch=None))
+    runs: dict[str, list[TrainRun]] = {"bare `train_job`": [], "Ray Train, 1 worker": []}
+    for round_number in range(plan.rounds):  # interleaved, so load from others hits both
+        runs["bare `train_job`"].append(train_bare(spec, work, data_dir))
+        run = train_on_ray(spec, work, data_dir, f"overhead-{round_number}")
+        runs["Ray Train, 1 worker"].append(run)
+    return runs
+
+
+def overhead_table(runs: dict[str, list[TrainRun]]) -> str:
+    lines = [
+        "| run | s/step, median | s/step, min - max | epochs timed | run wall s, median |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    medians = {}
+    for name, name_runs in runs.items():
+        steps = [seconds for run in name_runs for seconds in run.steady_step_seconds]
+        medians[name] = statistics.median(steps)
+        wall = statistics.median(run.wall_seconds for run in name_runs)
+        lines.append(
+            f"| {name} | {medians[name] * 1e3:.1f} ms | {min(steps) * 1e3:.1f} - "
+            f"{max(steps) * 1e3:.1f} ms | {len(steps)} | {wall:.1f} |"
+        )
+    bare, on_ray = medians.values()
+    lines.append("")
+    lines.append(f"Ray Train / bare, median s/step: **{on_ray / bare:.3f}** (goal <= 1.05)")
+    return "\n".join(lines)
+
+
+# -- b. submit to first step -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Latency:
+    set_up: float  # seconds from submit to the run info, just before the first step
+    first_report: float  # seconds from submit to the first metrics report
+
+
+def time_markers(
+    markers: dict[str, Callable[[], bool]], submitted: float, what: str
+) -> dict[str, float]:
+    """Seconds from `submitted` until each marker first holds, polled together."""
+    seen: dict[str, float] = {}
+    while len(seen) < len(markers):
+        now = time.monotonic()
+        for name, holds in markers.items():
+            if name not in seen and holds():
+                seen[name] = now - submitted
+        if now - submitted > LATENCY_TIMEOUT_SECONDS:
+            raise TimeoutError(f"{what}: only {sorted(seen)} after {LATENCY_TIMEOUT_SECONDS} s")
+        time.sleep(POLL_SECONDS)
+    return seen
+
+
+def genfleet_latency(queue: JobQueue, store: JobStore, spec: JobSpec) -> Latency:
+    submitted = time.monotonic()
+    job_id = queue.submit(spec)
+    seen = time_markers(
+        {
+            "set_up": lambda: any(e.message.startswith("run info") for e in store.events(job_id)),
+            "first_report": lambda: bool(store.metrics(job_id)),
+            "final": lambda: store.get(job_id).status.is_final,
+        },
+        submitted,
+        f"genfleet job {job_id}",
+    )
+    record = store.get(job_id)
+    if record.status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"genfleet job {job_id} {record.status}: {record.last_error}")
+    return Latency(seen["set_up"], seen["first_report"])
+
+
+def ray_job_latency(client: JobSubmissionClient, spec_path: Path, home: Path) -> Latency:
+    out_dir = Path(tempfile.mkdtemp(prefix="ray-job-", dir=home))
+    entrypoint = (
+        f"GENFLEET_HOME={shlex.quote(str(home))} {shlex.quote(sys.executable)} -m cluster.cli "
+        f"run-local {shlex.quote(str(spec_path))} --out {shlex.quote(str(out_dir))} --no-progress"
+    )
+    metrics_file = out_dir / "metrics.jsonl"
+    submitted = time.monotonic()
+    job_id = client.submit_job(entrypoint=entrypoint, entrypoint_num_cpus=1)
+    seen = time_markers(
+        {
+            "set_up": (out_dir / "info.json").exists,
+            "first_report": lambda: metrics_file.exists() and metrics_file.stat().st_size > 0,
+            "final": lambda: client.get_job_status(job_id) in RAY_JOB_FINAL,
+        },
+        submitted,
+        f"Ray job {job_id}",
+    )
+    status = client.get_job_status(job_id)
+    if status != RayJobStatus.SUCCEEDED:
+        raise RuntimeError(f"Ray job {job_id} {status}:\n{client.get_job_logs(job_id)[-3000:]}")
+    return Latency(seen["set_up"], seen["first_report"])
+
+
+def latency_rows(
+    plan: Plan, home: Path, settings: Settings, ray_dashboard: str
+) -> dict[str, list[Latency]]:
+    spec_data = spec_dict(epochs=1, max_steps_per_epoch=1)
+    spec = validate_spec_dict(spec_data)
+    spec_path = home / "ray-bench.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data))
+    client = JobSubmissionClient(f"http://{ray_dashboard}")
+    queue, store = open_queue(settings)
+    systems: dict[str, Callable[[], Latency]] = {
+        "genfleet: queue, dispatcher, Ray Train": lambda: genfleet_latency(queue, store, spec),
+        "Ray Jobs API: `genfleet run-local`": lambda: ray_job_latency(client, spec_path, home),
+    }
+    stop = threading.Event()
+    dispatcher = Dispatcher(queue, store, settings)  # `genfleet worker`'s defaults
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        for measure in systems.values():
+            measure()  # untimed: the first run of each warms caches and Ray's worker pool
+        timed: dict[str, list[Latency]] = {name: [] for name in systems}
+        for _ in range(plan.repeats):
+            for name, measure in systems.items():
+                timed[name].append(measure())
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    return timed
+
+
+def open_queue(settings: Settings) -> tuple[JobQueue, JobStore]:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    return JobQueue(client, settings.prefix), JobStore(client, settings.prefix)
+
+
+def latency_table(latencies: dict[str, list[Latency]]) -> str:
+    lines = [
+        "| system | submit -> set up s, median | submit -> first step reported s, median "
+        "| first step, min - max s | runs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, runs in latencies.items():
+        set_up = statistics.median(run.set_up for run in runs)
+        first = [run.first_report for run in runs]
+        lines.append(
+            f"| {name} | {set_up:.2f} | {statistics.median(first):.2f} "
+            f"| {min(first):.2f} - {max(first):.2f} | {len(runs)} |"
+        )
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def bench_settings(home: Path, redis_url: str) -> Settings:
+    return Settings(
+        home=home,
+        redis_url=redis_url,
+        prefix="ray-bench",
+        ray_address=None,
+        storage=str(home / "storage"),
+        data_dir=home / "data",
+        dashboard_address="127.0.0.1",
+        dashboard_port=0,
+        dashboard_password=None,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    torch.set_num_threads(1)  # as Ray Train's 1-CPU worker runs
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="genfleet-ray-bench-") as work:
+        home = Path(work)
+        settings = bench_settings(home, ensure_embedded(home))
+        try:
+            ray_dashboard = connect_ray(None) or ""
+            runs = overhead_rows(plan, home, settings.data_dir)
+            latencies = latency_rows(plan, home, settings, ray_dashboard)
+        finally:
+            ray.shutdown()
+            stop_embedded(home)
+    print(
+        f"Ray {ray.__version__}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.1f}, bench {time.monotonic() - started:.0f} s"
+    )
+    print()
+    print(
+        f"a. Ray Train overhead: pixelcnn defaults on digits, batch {BATCH_SIZE}, 1 thread, "
+        f"{plan.rounds} round(s) of {plan.epochs} epochs x 25 steps, first epoch of each left out"
+    )
+    print()
+    print(overhead_table(runs))
+    print()
+    print(
+        f"b. Submit to first training step on a warm local stack, {plan.repeats} timed runs each "
+        "(1 epoch of 1 step)"
+    )
+    print()
+    print(latency_table(latencies))
+
+
+if __name__ == "__main__":
+    main()
