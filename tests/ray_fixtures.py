@@ -35,6 +35,7 @@ def local_ray() -> str:
     """
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster another process left in /tmp/ray
             num_cpus=LOCAL_RAY_CPUS,
             namespace="genfleet",
             include_dashboard=True,
