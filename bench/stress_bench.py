@@ -183,7 +183,8 @@ class LoadRun:
         if submitters:
             self._submitting.set()
         self._submit_results, self._claim_results = SPAWN.Queue(), SPAWN.Queue()
-        start = SPAWN.Barrier(submitters + claimers)
+        # Held by the run: a barrier the parent drops may vanish before a child unpickles it.
+        self._start = start = SPAWN.Barrier(submitters + claimers)
         shares = [jobs // submitters + (n < jobs % submitters) for n in range(submitters)]
         self.processes = [
             _spawn(submit_jobs, target, share, start, self._submit_results) for share in shares

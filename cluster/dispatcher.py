@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from jobs.store import JobStore
 log = logging.getLogger("genfleet.dispatcher")
 
 NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
@@ -191,7 +193,11 @@ class Dispatcher:
             retryable = not any(name in message for name in NOT_RETRYABLE)
             try:
                 self.queue.fail(
-                    job.job_id, self.worker_id, message, traceback.format_exc(), retryable
+                    job.job_id,
+                    self.worker_id,
+                    message,
+                    _without_colours(traceback.format_exc()),
+                    retryable,
                 )
             except LeaseLost:
                 log.warning(
@@ -220,9 +226,14 @@ class Dispatcher:
 
 def _root_cause(exc: BaseException) -> str:
     """The innermost error line of a Ray failure, which is the user's problem, not Ray's."""
-    text = str(exc).strip()
+    text = _without_colours(str(exc)).strip()
     lines = [line for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "Error" in line or "Exception" in line:
             return line.strip()[:2000]
     return (lines[-1] if lines else repr(exc))[:2000]
+
+
+def _without_colours(text: str) -> str:
+    """Ray colours its task names in errors; the record keeps plain text for every reader."""
+    return ANSI_ESCAPE.sub("", text)

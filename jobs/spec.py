@@ -113,6 +113,13 @@ class ScalingSpec(Section):
     gpus_per_worker: float = Field(1.0, gt=0.0, le=16)
     max_failures: int = Field(2, ge=0, le=100, description="Ray Train restarts from checkpoint")
 
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_within_limit(cls, num_workers: int) -> int:
+        if num_workers > LIMITS.max_workers:
+            raise ValueError(f"must be <= {LIMITS.max_workers} (GENFLEET_MAX_WORKERS)")
+        return num_workers
+
     @property
     def cpus(self) -> float:
         return self.num_workers * self.cpus_per_worker
@@ -194,10 +201,6 @@ class JobSpec(Section):
             )
         if self.train.precision == "bf16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: bf16 needs scaling.use_gpu: true")
-        if self.scaling.num_workers > LIMITS.max_workers:
-            raise ValueError(
-                f"scaling.num_workers: must be <= {LIMITS.max_workers} (GENFLEET_MAX_WORKERS)"
-            )
         return self
 
     @property

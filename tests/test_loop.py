@@ -404,3 +404,12 @@ def test_two_rank_ddp_world_sums_val_exactly_and_agrees(tmp_path: Path, pixel_lo
     assert ranks[0]["final"]["epoch"] == 2
     assert (tmp_path / "rank0" / "epoch-0002").is_dir()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_non_finite_loss_error_survives_the_pickling_ray_sends_it_through() -> None:
+    import pickle
+
+    sent = NonFiniteLossError(epoch=1, step=2, phase="train", value=float("nan"))
+    received = pickle.loads(pickle.dumps(sent))
+    assert str(received) == "loss of phase 'train' is nan at epoch 1, step 2"
+    assert (received.epoch, received.step, received.phase) == (1, 2, "train")

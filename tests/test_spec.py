@@ -200,9 +200,7 @@ def test_a_largest_spec_of_many_search_values_is_judged_quickly() -> None:
         ({"kind": "sweep", "sweep": {"metric": "__import__('os')", "space": {"train.lr": {"choice": [0.1]}}}}, "sweep.metric: string should match pattern"),
     ],
 )  # fmt: skip
-def test_values_that_would_not_read_back_from_json_are_rejected(
-    patch: dict, expected: str
-) -> None:
+def test_values_json_cannot_store_are_rejected(patch: dict, expected: str) -> None:
     """JSON has no inf or NaN: a stored spec holding one would fail when a dispatcher claims it."""
     data = {**MINIMAL, **patch}
     assert any(expected in error for error in errors_of(data)), errors_of(data)

@@ -50,7 +50,13 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, epoch: int, step: int, phase: str, value: float) -> None:
         super().__init__(f"loss of phase {phase!r} is {value} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.phase = epoch, step, phase
+        self.epoch, self.step, self.phase, self.value = epoch, step, phase, value
+
+    def __reduce__(self) -> tuple[type[NonFiniteLossError], tuple[int, int, str, float]]:
+        # Ray pickles a worker's error for the driver; the default rebuilds an exception from
+        # its message alone, which this __init__ cannot take (the job then failed with a
+        # TypeError instead of this message).
+        return type(self), (self.epoch, self.step, self.phase, self.value)
 
 
 class TrainingCancelled(RuntimeError):
