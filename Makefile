@@ -26,6 +26,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/queue_bench.py
+	$(BIN)/python bench/stress_bench.py
 	$(BIN)/python bench/models_bench.py
 	$(BIN)/python bench/sampling_bench.py
 	$(BIN)/python bench/ray_bench.py

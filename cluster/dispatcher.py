@@ -50,6 +50,7 @@ class ActiveJob:
     lease_renewed_at: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
     undelivered: list[Message] = field(default_factory=list)  # drained, not yet in Redis
+    fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
     @property
     def node_ids(self) -> list[str]:
@@ -160,6 +161,9 @@ class Dispatcher:
         # A message leaves `undelivered` only once stored, so a Redis outage delays a run's
         # metrics and images instead of losing the ones drained when it began.
         job.undelivered.extend(ray.get(job.relay.drain.remote()))
+        for kind, payload in job.undelivered:
+            if kind == "fatal" and payload.get("trial") is None:
+                job.fatal_error = payload["error"]
         while job.undelivered:
             for worker in write_messages(self.store, job.job_id, job.undelivered[:1]):
                 job.workers[worker["rank"]] = worker
@@ -205,8 +209,11 @@ class Dispatcher:
                 )
         else:
             self._relay(job)
-            result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}
-            self.queue.complete(job.job_id, self.worker_id, result)
+            if job.fatal_error is not None:
+                self.queue.fail(job.job_id, self.worker_id, job.fatal_error, None, retryable=False)
+            else:
+                result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}
+                self.queue.complete(job.job_id, self.worker_id, result)
         self._forget(job)
 
     def _forget(self, job: ActiveJob) -> None:

@@ -34,6 +34,9 @@ def write_messages(
             )
         elif kind == "worker":
             workers.append(payload)
+        elif kind == "fatal":
+            prefix = f"[{trial}] " if trial else ""
+            store.append_log(job_id, f"{prefix}run stopped: {payload['error']}")
         else:
             log.warning("job %s: ignoring unknown relay message %r", job_id, kind)
     return workers

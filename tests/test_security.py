@@ -847,9 +847,13 @@ def test_a_diverging_run_fails_once_naming_the_non_finite_loss(stack: Stack, dis
         tiny_spec(
             model={"type": "vae", "params": {"latent_dim": 2, "channels": 4, "iw_samples": 1}},
             train={"epochs": 2, "lr": 10.0, "optimizer": "adam", "max_steps_per_epoch": 10},
+            scaling={"num_workers": 1, "max_failures": 2},  # Ray Train must not retry it either
         )
     )
     record = stack.wait_final(job_id, timeout=180)
+    logs = stack.store.logs(job_id, tail=200)
+    assert not any("resumed from" in line for line in logs)
+    assert any("run stopped: NonFiniteLossError" in line for line in logs)
 
     assert record.status == JobStatus.FAILED
     assert record.attempts == 1 and record.max_attempts == 3  # not retried: it would diverge again

@@ -20,7 +20,7 @@ import ray.train.torch
 from torch import nn
 
 from jobs.spec import JobSpec
-from trainers.loop import RunContext, train_job
+from trainers.loop import NonFiniteLossError, RunContext, train_job
 
 
 class RayReporter:
@@ -85,7 +85,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             resume_from=resume_from,
         )
         reporter = RayReporter(relay, trial, config["run_dir"], is_main=rank == 0)
-        train_job(spec, reporter, run_context)
+        try:
+            train_job(spec, reporter, run_context)
+        except NonFiniteLossError as exc:
+            # Every rank raises it together. Ray Train would restart the run from its last
+            # checkpoint max_failures times and diverge the same way each time, so end the run
+            # here and tell the dispatcher, which fails the job without retrying.
+            if rank == 0:
+                relay.put.remote("fatal", {"trial": trial, "error": f"NonFiniteLossError: {exc}"})
 
 
 def _ddp_wrapper(world_size: int) -> Any:
