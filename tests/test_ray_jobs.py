@@ -71,7 +71,7 @@ def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, disp
         "space": {"train.lr": {"loguniform": [0.0003, 0.03]}},
     }
     job_id = submit(stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=1)
-    record = stack.wait_final(job_id, timeout=300)
+    record = stack.wait_final(job_id, timeout=480)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
     assert len(trials) == 4
