@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,9 @@ def stack(tmp_path: Path, redis_client: Any, redis_server: Any, local_ray: str) 
     return Stack(JobQueue(redis_client, prefix), JobStore(redis_client, prefix), settings)
 
 
-@pytest.fixture
-def dispatcher(stack: Stack) -> Iterator[Any]:
-    """A dispatcher draining the stack's queue in a background thread of this process."""
+@contextmanager
+def dispatcher_thread(stack: Stack) -> Iterator[Any]:
+    """A dispatcher draining the stack's queue, on whatever Ray this process is connected to."""
     from cluster.dispatcher import Dispatcher
 
     running = Dispatcher(
@@ -109,6 +110,15 @@ def dispatcher(stack: Stack) -> Iterator[Any]:
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
     thread.start()
-    yield running
-    stop.set()
-    thread.join(timeout=30)
+    try:
+        yield running
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def dispatcher(stack: Stack) -> Iterator[Any]:
+    """A dispatcher draining the stack's queue in a background thread of this process."""
+    with dispatcher_thread(stack) as running:
+        yield running

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.spec import validate_spec_dict
 from jobs.store import JobStore
-from tests.ray_fixtures import Stack, stack_settings
+from tests.ray_fixtures import Stack, dispatcher_thread, stack_settings
 
 pytestmark = pytest.mark.ray
 
@@ -79,19 +78,8 @@ def cluster_stack(tmp_path: Path, redis_client: Any, redis_server: Any) -> Stack
 @pytest.fixture
 def cluster_dispatcher(two_node_cluster: Cluster, cluster_stack: Stack) -> Iterator[Dispatcher]:
     """A dispatcher thread in this process, whose Ray is the two-node cluster."""
-    running = Dispatcher(
-        cluster_stack.queue,
-        cluster_stack.store,
-        cluster_stack.settings,
-        lease_seconds=10,
-        poll_seconds=0.2,
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
-    thread.start()
-    yield running
-    stop.set()
-    thread.join(timeout=30)
+    with dispatcher_thread(cluster_stack) as running:
+        yield running
 
 
 def test_two_worker_job_runs_one_worker_on_each_node_and_succeeds(
