@@ -29,6 +29,7 @@ from cluster.job_runner import is_running_on_ray, start_runner
 from cluster.placement import Resources, never_fits_reason, pending_reason
 from cluster.relay import Message, Relay
 from cluster.relay_sink import write_messages
+from jobs.keys import DISPATCHER_STATUS_TTL_SECONDS
 from jobs.queue import JobQueue
 from jobs.records import JobStatus, LeaseLost
 from jobs.settings import Settings
@@ -228,7 +229,9 @@ class Dispatcher:
             "available": ray_runtime.available_resources(),
             "running_jobs": {job.job_id: job.node_ids for job in self.active.values()},
         }
-        self.store.put_cluster_status(status, ttl_seconds=30)
+        self.store.put_dispatcher_status(
+            self.worker_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS
+        )
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.queue import Resources
-
 from cluster.ray_runtime import ClusterResources
+from jobs.queue import Resources
 
 __all__ = ["Resources", "never_fits_reason", "pending_reason"]
 

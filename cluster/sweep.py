@@ -2,7 +2,9 @@
 
 Each trial is a function trainable that launches its own TorchTrainer (which may use several
 workers); `TuneReportCallback` forwards the Train workers' reports to Tune, so ASHA sees every
-epoch's metric. A sweep restarted under the same job id resumes with `Tuner.restore`.
+epoch's metric. A sweep restarted under the same job id (its dispatcher died and another one
+claimed it) resumes with `Tuner.restore`: finished trials stay finished, and each unfinished
+trial's TorchTrainer, named `<job id>-<trial id>`, resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from jobs.spec import (
 TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with few epochs
 
+# Tune pickles its callbacks into the experiment, and `Tuner.restore` brings them back holding
+# the relay of the dispatcher that died. So `TrialRelay` looks its relay up when it sends: each
+# JobRunner process drives one sweep, and `run_sweep` records the relay it was given here.
+_relay_by_job: dict[str, Any] = {}
+
 
 def tune_domain(domain: SearchDomain) -> Any:
     if isinstance(domain, Choice):
@@ -51,6 +58,7 @@ def run_sweep(
     sweep = spec.sweep
     assert sweep is not None
     relay = loop_config["relay"]
+    _relay_by_job[job_id] = relay
 
     def trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
@@ -66,6 +74,7 @@ def run_sweep(
     trainable = tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPUS})
     experiment = str(Path(storage) / job_id) if "://" not in storage else f"{storage}/{job_id}"
     if tune.Tuner.can_restore(experiment):
+        relay.put.remote("log", {"trial": None, "line": f"resuming the sweep in {experiment}"})
         tuner = tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )
@@ -84,7 +93,7 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=job_id,
                 storage_path=storage,
-                callbacks=[TrialRelay(relay, spec)],
+                callbacks=[TrialRelay(job_id, spec)],
             ),
         )
     results = tuner.fit()
@@ -116,8 +125,10 @@ def _scheduler(spec: JobSpec) -> Any:
     assert sweep is not None
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
+    # Epochs, not Tune's training_iteration: a trial resumed after `Tuner.restore` counts its
+    # iterations from 1 again, while its epochs continue from the checkpoint.
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr="epoch",
         max_t=spec.train.epochs,
         grace_period=min(sweep.grace_period, spec.train.epochs),
         reduction_factor=ASHA_REDUCTION_FACTOR,
@@ -127,8 +138,8 @@ def _scheduler(spec: JobSpec) -> Any:
 class TrialRelay(tune.Callback):
     """Sends each trial's config, status and, for early stops, the reason to the relay."""
 
-    def __init__(self, relay: Any, spec: JobSpec) -> None:
-        self.relay = relay
+    def __init__(self, job_id: str, spec: JobSpec) -> None:
+        self.job_id = job_id
         self.spec = spec
 
     def _send(
@@ -141,10 +152,10 @@ class TrialRelay(tune.Callback):
             "config": _plain(trial.config),
             "status": status,
             "metric": last.get(sweep.metric),
-            "iterations": last.get("training_iteration", 0),
+            "iterations": last.get("epoch", 0),
             "reason": reason,
         }
-        self.relay.put.remote("trial", {"trial": trial.trial_id, "info": info})
+        _relay_by_job[self.job_id].put.remote("trial", {"trial": trial.trial_id, "info": info})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._send(trial, "running")
@@ -155,7 +166,7 @@ class TrialRelay(tune.Callback):
         self._send(trial, "running")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = (trial.last_result or {}).get("training_iteration", 0)
+        done = (trial.last_result or {}).get("epoch", 0)
         if done < self.spec.train.epochs and self.spec.sweep.scheduler == "asha":
             reason = (
                 f"stopped early by ASHA after epoch {done}: below the top "

@@ -12,10 +12,14 @@ Queue state (`<prefix>:...`):
                               zset  job ids by submit order, for filtered listings
 Artifacts: metrics:<id>[:trial:<t>] (list), images:<id>[:trial:<t>] (hash "<name>:<epoch>" ->
 PNG), logs:<id> (capped list) with log_count:<id> (lines ever appended), checkpoints:<id>
-(list), trials:<id> (hash), cluster (str, TTL).
+(list), trials:<id> (hash).
+Dispatchers (each reports its Ray cluster view and running jobs for the dashboard):
+    dispatcher:<worker id>    str   that dispatcher's JSON status (TTL 30 s)
+    dispatchers               zset  worker ids; score = when its status expires (s, server
+                              clock), so a read drops the dead ones without SCAN
 
-Lua scripts build per-job keys from the prefixes in `lua_key_table`, so that this module stays
-the one place that spells a key.
+Lua scripts build per-job and per-dispatcher keys from the prefixes in `lua_key_table`, so that
+this module stays the one place that spells a key.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+DISPATCHER_STATUS_TTL_SECONDS = 30  # a dispatcher publishes every 2 s; 30 s of silence: dead
 LOG_LINES_KEPT = 5000
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -65,8 +70,8 @@ class Keys:
         return self._key("order")
 
     @property
-    def cluster(self) -> str:
-        return self._key("cluster")
+    def dispatchers(self) -> str:
+        return self._key("dispatchers")
 
     @property
     def all_jobs(self) -> str:
@@ -113,6 +118,9 @@ class Keys:
     def trials(self, job_id: str) -> str:
         return self._key("trials", job_id)
 
+    def dispatcher(self, worker_id: str) -> str:
+        return self._key("dispatcher", worker_id)
+
     def _artifact(self, family: str, job_id: str, trial: str | None) -> str:
         if trial is None:
             return self._key(family, job_id)
@@ -133,6 +141,8 @@ class Keys:
             "kind_index": self.kind_index(""),
             "logs": self.logs(""),
             "log_count": self.log_count(""),
+            "dispatchers": self.dispatchers,
+            "dispatcher": self.dispatcher(""),
         }
         # The prefix pattern admits no quote or backslash, so plain quoting is safe.
         body = ", ".join(f"{name} = '{key}'" for name, key in entries.items())

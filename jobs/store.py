@@ -1,5 +1,5 @@
 """Job records and events, and what a run leaves behind: metrics, images, logs, checkpoints,
-sweep trials; plus the cluster status the dispatcher publishes for the dashboard.
+sweep trials; plus the status each dispatcher publishes, which the dashboard reads merged.
 
 The queue (jobs/queue.py) owns every status change; the store reads records and keeps artifacts.
 Writes that touch the record itself (progress, events) check that the job exists in the same
@@ -57,6 +57,8 @@ class JobStore:
         self._merge_progress = load_script(redis, self.keys, "merge_progress")
         self._note = load_script(redis, self.keys, "note")
         self._logs_since = load_script(redis, self.keys, "logs_since")
+        self._publish_dispatcher = load_script(redis, self.keys, "publish_dispatcher")
+        self._live_dispatchers = load_script(redis, self.keys, "live_dispatchers")
 
     def get(self, job_id: str) -> JobRecord:
         fields = self.redis.hgetall(self.keys.job(job_id))
@@ -198,13 +200,53 @@ class JobStore:
         by_id = sorted((trial.decode(), json.loads(info)) for trial, info in stored.items())
         return [{"trial_id": trial, **info} for trial, info in by_id]
 
-    def put_cluster_status(self, status: dict[str, Any], ttl_seconds: int) -> None:
-        """Ray nodes and resources; expires so that a dead dispatcher shows as no status."""
-        self.redis.set(self.keys.cluster, json.dumps(status), ex=ttl_seconds)
+    def put_dispatcher_status(
+        self, worker_id: str, status: dict[str, Any], ttl_seconds: int
+    ) -> None:
+        """This dispatcher's Ray nodes, resources and jobs; expires unless published again, so
+        that a dispatcher that died drops out of `dispatcher_statuses`."""
+        self._publish_dispatcher(args=[worker_id, json.dumps(status), ttl_seconds])
+
+    def dispatcher_statuses(self) -> list[dict[str, Any]]:
+        """Each live dispatcher's status, its worker id under "dispatcher", newest first.
+
+        Ordered by expiry, which is report order because every dispatcher publishes with the
+        same TTL.
+        """
+        reply = self._live_dispatchers()
+        pairs = zip(reply[::2], reply[1::2], strict=True)
+        return [{**json.loads(raw), "dispatcher": worker.decode()} for worker, raw in pairs]
 
     def cluster_status(self) -> dict[str, Any] | None:
-        raw = self.redis.get(self.keys.cluster)
-        return None if raw is None else json.loads(raw)
+        """Every live dispatcher's status as one (see `merge_dispatcher_statuses`), or None
+        when no dispatcher is alive."""
+        statuses = self.dispatcher_statuses()
+        return merge_dispatcher_statuses(statuses) if statuses else None
+
+
+def merge_dispatcher_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nodes and free resources from the newest status, since every dispatcher watches the one
+    Ray cluster; running jobs from all of them, since each lists only the jobs it runs.
+
+    `statuses` newest first, as `JobStore.dispatcher_statuses` returns them.
+    """
+    running_jobs: dict[str, list[str]] = {}
+    for status in reversed(statuses):  # a job that just changed hands: the newer owner wins
+        running_jobs.update(status.get("running_jobs", {}))
+    newest = statuses[0]
+    return {
+        "nodes": newest.get("nodes", []),
+        "available": newest.get("available", {}),
+        "running_jobs": running_jobs,
+        "dispatchers": [
+            {
+                "dispatcher": status["dispatcher"],
+                "updated_at": status.get("updated_at"),
+                "running_job_count": len(status.get("running_jobs", {})),
+            }
+            for status in statuses
+        ],
+    }
 
 
 def _metric_row(metrics: dict[str, Any]) -> dict[str, float | int | None]:

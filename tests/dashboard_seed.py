@@ -127,24 +127,25 @@ def seed_sweep(queue: JobQueue, store: JobStore, trial_metrics: list[float | Non
     return job_id
 
 
-def seed_cluster(store: JobStore, running_jobs: list[str]) -> dict[str, Any]:
-    """A report shaped as cluster/dispatcher.py publishes it: two nodes, jobs on the head."""
-    status = {
-        "dispatcher": "dispatcher-1",
-        "updated_at": time.time(),
-        "nodes": [
-            {"node_id": "head", "address": "10.0.0.1", "alive": True, "cpus": 8.0, "gpus": 1.0,
-             "memory_gb": 31.2},
-            {"node_id": "worker-1", "address": "10.0.0.2", "alive": True, "cpus": 16.0,
-             "gpus": 0.0, "memory_gb": 62.5},
-            {"node_id": "worker-2", "address": "10.0.0.3", "alive": False, "cpus": 16.0,
-             "gpus": 0.0, "memory_gb": 62.5},
-        ],
-        "available": {"cpus": 21.0, "gpus": 0.0},
-        "running_jobs": {job_id: ["head"] for job_id in running_jobs},
-    }  # fmt: skip
-    store.put_cluster_status(status, ttl_seconds=60)
-    return status
+def seed_cluster(store: JobStore, jobs_by_dispatcher: dict[str, list[str]]) -> None:
+    """One status per dispatcher (worker id -> the jobs it runs), shaped as cluster/dispatcher.py
+    publishes them: each sees the same three nodes and runs its jobs on the head."""
+    for worker_id, job_ids in jobs_by_dispatcher.items():
+        status = {
+            "dispatcher": worker_id,
+            "updated_at": time.time(),
+            "nodes": [
+                {"node_id": "head", "address": "10.0.0.1", "alive": True, "cpus": 8.0,
+                 "gpus": 1.0, "memory_gb": 31.2},
+                {"node_id": "worker-1", "address": "10.0.0.2", "alive": True, "cpus": 16.0,
+                 "gpus": 0.0, "memory_gb": 62.5},
+                {"node_id": "worker-2", "address": "10.0.0.3", "alive": False, "cpus": 16.0,
+                 "gpus": 0.0, "memory_gb": 62.5},
+            ],
+            "available": {"cpus": 21.0, "gpus": 0.0},
+            "running_jobs": {job_id: ["head"] for job_id in job_ids},
+        }  # fmt: skip
+        store.put_dispatcher_status(worker_id, status, ttl_seconds=60)
 
 
 def seed_queued_jobs(queue: JobQueue, count: int, name: str = "queued") -> list[str]:

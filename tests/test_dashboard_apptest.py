@@ -4,6 +4,7 @@ real queue and store (tests/dashboard_seed.py)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -353,21 +354,25 @@ def test_cluster_page_says_when_no_dispatcher_has_reported(jobs_api):
     assert "No dispatcher has reported." in texts(app.warning)
 
 
-def test_cluster_page_sums_resources_of_alive_nodes_and_lists_jobs_per_node(jobs_api):
+def test_cluster_page_sums_resources_of_alive_nodes_and_lists_every_dispatchers_jobs(jobs_api):
     queue, store = jobs_api
-    running = seed.seed_trained_job(queue, store, finish=False)
-    seed.seed_cluster(store, [running])
+    first = seed.seed_trained_job(queue, store, "first", finish=False)
+    second = seed.seed_trained_job(queue, store, "second", finish=False)
+    seed.seed_cluster(store, {"dispatcher-1": [first], "dispatcher-2": [second]})
     app = open_page("views/cluster.py")
     metrics = {metric.label: metric.value for metric in app.metric}
     assert metrics == {
         "Nodes alive": "2 / 3",
         "CPUs in use": "3 / 24",
         "GPUs in use": "1 / 1",
-        "Running jobs": "1",
+        "Running jobs": "2",
     }
-    table = app.dataframe[0].value
-    assert table["node"].tolist() == ["head", "worker-1", "worker-2"]
-    assert list(table["running jobs"][0]) == [running]
+    nodes, dispatchers = (frame.value for frame in app.dataframe)
+    assert nodes["node"].tolist() == ["head", "worker-1", "worker-2"]
+    assert sorted(nodes["running jobs"][0]) == sorted([first, second])
+    assert dispatchers["dispatcher"].tolist() == ["dispatcher-2", "dispatcher-1"]  # newest first
+    assert all(re.fullmatch(r"\d+ s ago", age) for age in dispatchers["last report"])
+    assert dispatchers["running jobs"].tolist() == [1, 1]
 
 
 # Login and launch

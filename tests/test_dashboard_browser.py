@@ -54,7 +54,7 @@ class Seeded:
         self.other = seed.seed_trained_job(self.queue, self.store, name="other", offset=0.4)
         self.sweep = seed.seed_sweep(self.queue, self.store, [3.0, 2.5, None, 2.8])
         self.running = seed.seed_trained_job(self.queue, self.store, "running", finish=False)
-        seed.seed_cluster(self.store, [self.running])
+        seed.seed_cluster(self.store, {"dispatcher-1": [self.running]})
 
 
 @pytest.fixture(scope="module")

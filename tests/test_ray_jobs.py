@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
+from ray import tune
 
-from jobs.records import JobStatus
+from jobs.records import JobRecord, JobStatus
 from jobs.spec import validate_spec_dict
 from tests.ray_fixtures import Stack
 
@@ -135,10 +137,11 @@ def test_killed_train_worker_restarts_from_the_last_checkpoint(stack: Stack, dis
     assert epochs[restart:] == list(range(resumed_after + 1, 7))
 
 
-def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
-    stack: Stack, local_ray: str, tmp_path: Path
-) -> None:
-    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+def replace_dispatcher_mid_run(
+    stack: Stack, local_ray: str, job_id: str, kill_when: Callable[[], bool], timeout: float
+) -> JobRecord:
+    """Run `genfleet worker` until `kill_when` holds, SIGKILL it, start a second one and wait
+    for the job to end under it."""
     env = {
         **os.environ,
         "GENFLEET_REDIS_URL": stack.settings.redis_url,
@@ -149,19 +152,27 @@ def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
     command = [sys.executable, "-m", "cluster.cli", "worker", "--ray-address", local_ray]
     first = subprocess.Popen([*command, "--lease-seconds", "4"], env=env)
     try:
-        stack.wait_for(job_id, lambda r: len(stack.store.metrics(job_id)) >= 2, timeout=150)
+        stack.wait_for(job_id, lambda r: kill_when(), timeout=timeout)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        killed_at_epoch = len(stack.store.metrics(job_id))
         second = subprocess.Popen([*command, "--lease-seconds", "4"], env=env)
         try:
-            record = stack.wait_final(job_id, timeout=240)
+            return stack.wait_final(job_id, timeout=timeout)
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
+    stack: Stack, local_ray: str
+) -> None:
+    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+    record = replace_dispatcher_mid_run(
+        stack, local_ray, job_id, lambda: len(stack.store.metrics(job_id)) >= 2, timeout=240
+    )
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     assert record.attempts == 2
     statuses = [event.status for event in stack.store.events(job_id)]
@@ -169,4 +180,54 @@ def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
     logs = "\n".join(stack.store.logs(job_id, tail=500))
     assert "attempt 2: resuming from its last checkpoint" in logs
     assert "resumed from" in logs
-    assert killed_at_epoch >= 2
+    epochs = [m["epoch"] for m in stack.store.metrics(job_id)]
+    assert epochs.count(1) == 1 and epochs[-1] == 6, epochs  # resumed, not started over
+
+
+def test_sweep_whose_dispatcher_died_resumes_its_trials_with_tune_restore(
+    stack: Stack, local_ray: str
+) -> None:
+    sweep = {
+        "metric": "val_bits_per_dim",
+        "mode": "min",
+        "num_samples": 2,
+        "max_concurrent": 2,
+        "scheduler": "fifo",
+        "space": {"train.lr": {"choice": [0.001, 0.003]}},
+    }
+    job_id = submit(
+        stack,
+        kind="sweep",
+        sweep=sweep,
+        train__epochs=5,
+        train__max_steps_per_epoch=20,
+        scaling__num_workers=1,
+    )
+    experiment = str(Path(stack.settings.storage) / job_id)
+    trials_before: set[str] = set()
+
+    def both_trials_checkpointed_and_experiment_saved() -> bool:
+        trials_before.update(trial["trial_id"] for trial in stack.store.trials(job_id))
+        return (
+            len(trials_before) == 2
+            and all(len(stack.store.metrics(job_id, trial=t)) >= 2 for t in trials_before)
+            and tune.Tuner.can_restore(experiment)
+        )
+
+    record = replace_dispatcher_mid_run(
+        stack, local_ray, job_id, both_trials_checkpointed_and_experiment_saved, timeout=300
+    )
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    assert record.attempts == 2
+    assert "resuming the sweep in" in "\n".join(stack.store.logs(job_id, tail=500))
+    # A sweep started afresh would have new trial ids; a restored one keeps its trials.
+    trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
+    assert set(trials) == trials_before
+    assert record.result["best_trial"] in trials
+    for trial_id, info in trials.items():
+        assert info["status"] == "completed", info
+        epochs = [m["epoch"] for m in stack.store.metrics(job_id, trial=trial_id)]
+        # Each trial's Train run resumed from its checkpoint: epoch 1 was trained once.
+        assert epochs.count(1) == 1, epochs
+        assert epochs[-1] == 5
+        assert set(epochs) == {1, 2, 3, 4, 5}

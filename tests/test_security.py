@@ -106,7 +106,7 @@ def holds_json_object(family: str, where: str) -> bool:
     return family in JSON_FAMILIES and where != "field name"
 
 
-JSON_FAMILIES = ("events", "metrics", "checkpoints", "trials", "cluster")
+JSON_FAMILIES = ("events", "metrics", "checkpoints", "trials", "dispatcher")
 
 
 def test_the_format_check_catches_a_pickled_value(redis_client: redis.Redis) -> None:
@@ -165,7 +165,9 @@ def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
     assert queue.renew_lease(train_id, "host-2", 30)
     assert queue.complete(train_id, "host-2", {"metrics": {"val_bits_per_dim": 2.4}})
     store.append_event(train_id, "note from an operator", worker="host-2")
-    store.put_cluster_status({"dispatcher": "host-2", "nodes": [], "available": {}}, 30)
+    for dispatcher in ("host-2", "host-3"):
+        status = {"dispatcher": dispatcher, "nodes": [], "available": {}, "running_jobs": {}}
+        store.put_dispatcher_status(dispatcher, status, ttl_seconds=30)
     assert queue.claim("host-3", lease_seconds=30).job_id in (waiting, running)
     queue.retry(cancelled)
     queue.set_priority(cancelled, 9)
@@ -180,7 +182,10 @@ def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
     assert store.logs_since(sweep_id, 0) == ["[t_0001] epoch 1\tval 2.5 [ok] {not json"]
     assert [c.epoch for c in store.checkpoints(train_id)] == [1]
     assert store.trials(sweep_id)[0]["trial_id"] == "t_0001"
-    assert store.cluster_status()["dispatcher"] == "host-2"
+    assert [entry["dispatcher"] for entry in store.cluster_status()["dispatchers"]] == [
+        "host-3",
+        "host-2",
+    ]
 
 
 def test_every_value_a_job_lifecycle_writes_is_json_text_or_png(
@@ -195,7 +200,7 @@ def test_every_value_a_job_lifecycle_writes_is_json_text_or_png(
         assert found[family] <= {"json", "text"}, family  # JSON values; text only in names
     assert set(found) >= {
         "job", "events", "queue", "running", "order", "idempotency", "index", "metrics",
-        "images", "logs", "log_count", "checkpoints", "trials", "cluster",
+        "images", "logs", "log_count", "checkpoints", "trials", "dispatcher", "dispatchers",
     }  # fmt: skip
     assert "scratch" not in found
 

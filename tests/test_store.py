@@ -316,12 +316,85 @@ def test_checkpoints_and_trials_round_trip(queue: JobQueue, store: JobStore) -> 
     ]  # fmt: skip
 
 
-def test_cluster_status_expires(store: JobStore) -> None:
+def dispatcher_status(worker_id: str, jobs: dict[str, list[str]], free_cpus: float) -> dict:
+    """Shaped as cluster/dispatcher.py publishes it; both dispatchers watch one two-node cluster."""
+    return {
+        "dispatcher": worker_id,
+        "updated_at": time.time(),
+        "nodes": [{"node_id": "head", "alive": True, "cpus": 8.0},
+                  {"node_id": "gpu-1", "alive": True, "cpus": 16.0, "gpus": 2.0}],
+        "available": {"cpus": free_cpus, "gpus": 0.0},
+        "running_jobs": jobs,
+    }  # fmt: skip
+
+
+def test_cluster_status_merges_the_running_jobs_of_every_live_dispatcher(store: JobStore) -> None:
+    first = dispatcher_status("host-a", {"job-1": ["head"]}, free_cpus=10.0)
+    store.put_dispatcher_status("host-a", first, ttl_seconds=30)
+    second = dispatcher_status("host-b", {"job-2": ["gpu-1"], "job-3": ["head", "gpu-1"]}, 4.0)
+    store.put_dispatcher_status("host-b", second, ttl_seconds=30)
+    first = dispatcher_status("host-a", {"job-1": ["head"], "job-4": ["head"]}, free_cpus=2.0)
+    store.put_dispatcher_status("host-a", first, ttl_seconds=30)  # replaces its older status
+
+    assert store.dispatcher_statuses() == [first, second]
+    assert store.cluster_status() == {
+        "nodes": first["nodes"],
+        "available": {"cpus": 2.0, "gpus": 0.0},  # the newest report's, not a sum
+        "running_jobs": {
+            "job-1": ["head"], "job-2": ["gpu-1"], "job-3": ["head", "gpu-1"], "job-4": ["head"]
+        },
+        "dispatchers": [
+            {"dispatcher": "host-a", "updated_at": first["updated_at"], "running_job_count": 2},
+            {"dispatcher": "host-b", "updated_at": second["updated_at"], "running_job_count": 2},
+        ],
+    }  # fmt: skip
+
+
+def test_a_dispatcher_whose_status_expires_drops_out_and_the_other_stays(
+    store: JobStore,
+) -> None:
     assert store.cluster_status() is None
-    status = {"nodes": 2, "resources": {"CPU": 16.0, "GPU": 2.0}, "free": {"GPU": 1.0}}
+    dead = dispatcher_status("host-dead", {"job-1": ["head"]}, free_cpus=16.0)
+    alive = dispatcher_status("host-alive", {"job-2": ["gpu-1"]}, free_cpus=20.0)
+    store.put_dispatcher_status("host-alive", alive, ttl_seconds=60)
+    store.put_dispatcher_status("host-dead", dead, ttl_seconds=1)
+    assert {status["dispatcher"] for status in store.dispatcher_statuses()} == {
+        "host-alive",
+        "host-dead",
+    }
 
-    store.put_cluster_status(status, ttl_seconds=1)
-
-    assert store.cluster_status() == status
     time.sleep(1.1)
+
+    assert store.dispatcher_statuses() == [alive]
+    merged = store.cluster_status()
+    assert merged["running_jobs"] == {"job-2": ["gpu-1"]}
+    assert [entry["dispatcher"] for entry in merged["dispatchers"]] == ["host-alive"]
+
+
+def test_cluster_status_is_none_once_every_dispatcher_has_expired(store: JobStore) -> None:
+    store.put_dispatcher_status("host-a", dispatcher_status("host-a", {}, 24.0), ttl_seconds=1)
+    assert store.cluster_status()["dispatchers"][0]["dispatcher"] == "host-a"
+
+    time.sleep(1.1)
+
+    assert store.dispatcher_statuses() == []
     assert store.cluster_status() is None
+
+
+def test_expired_dispatchers_are_pruned_from_the_index_on_read_and_on_publish(
+    store: JobStore,
+) -> None:
+    index = store.keys.dispatchers
+    for worker_id in ("host-a", "host-b"):
+        store.put_dispatcher_status(worker_id, dispatcher_status(worker_id, {}, 24.0), 1)
+    time.sleep(1.1)
+    assert store.redis.zcard(index) == 2  # expired statuses; nobody has read or published since
+
+    store.dispatcher_statuses()
+    assert store.redis.zcard(index) == 0
+
+    store.put_dispatcher_status("host-c", dispatcher_status("host-c", {}, 24.0), 1)
+    time.sleep(1.1)
+    store.put_dispatcher_status("host-d", dispatcher_status("host-d", {}, 24.0), 30)
+    assert store.redis.zrange(index, 0, -1) == [b"host-d"]
+    assert not store.redis.exists(store.keys.dispatcher("host-c"))

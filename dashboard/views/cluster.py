@@ -1,9 +1,12 @@
-"""Cluster page: the Ray nodes the dispatcher last reported, resources in use, jobs per node.
+"""Cluster page: the Ray nodes, resources in use, the jobs on each node and the live dispatchers.
 
-The dispatcher (cluster/dispatcher.py) publishes `JobStore.put_cluster_status` every few
-seconds with a short TTL: `{"dispatcher", "updated_at", "nodes": [{"node_id", "address",
-"alive", "cpus", "gpus", "memory_gb"}], "available": {"cpus", "gpus"}, "running_jobs":
-{job id: [node ids]}}`. When the dispatcher stops, the record expires and this page says so.
+Every dispatcher (cluster/dispatcher.py, `genfleet worker`) publishes its own status with
+`JobStore.put_dispatcher_status` every few seconds with a short TTL: `{"dispatcher",
+"updated_at", "nodes": [{"node_id", "address", "alive", "cpus", "gpus", "memory_gb"}],
+"available": {"cpus", "gpus"}, "running_jobs": {job id: [node ids]}}`. This page shows
+`JobStore.cluster_status`, which merges them: nodes and resources from the newest status, the
+running jobs of all. A dispatcher that stops drops out when its status expires; when none is
+left, the page says so.
 """
 
 from __future__ import annotations
@@ -55,12 +58,27 @@ def usage_metrics(status: dict[str, Any]) -> None:
     jobs.metric("Running jobs", len(status.get("running_jobs", {})))
 
 
+def dispatcher_rows(status: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "dispatcher": dispatcher["dispatcher"],
+            "last report": _age(dispatcher.get("updated_at"), now),
+            "running jobs": dispatcher["running_job_count"],
+        }
+        for dispatcher in status.get("dispatchers", [])
+    ]
+
+
+def _age(updated_at: Any, now: float) -> str:
+    return f"{format_age(now - updated_at)} ago" if isinstance(updated_at, int | float) else "?"
+
+
 @st.fragment(run_every=refresh_every())
 def cluster_view() -> None:
     status = connection.store().cluster_status()
     if status is None:
         st.warning(
-            "No dispatcher has reported. Start one with `genfleet dispatcher`; until one runs, "
+            "No dispatcher has reported. Start one with `genfleet worker`; until one runs, "
             "queued jobs stay queued."
         )
         return
@@ -73,10 +91,8 @@ def cluster_view() -> None:
             "running jobs": st.column_config.ListColumn("running jobs"),
         },
     )
-    updated_at = status.get("updated_at")
-    if isinstance(updated_at, int | float):
-        age = format_age(time.time() - updated_at)
-        st.caption(f"Reported by dispatcher {status.get('dispatcher', '?')} {age} ago.")
+    st.subheader("Dispatchers")
+    st.dataframe(dispatcher_rows(status, time.time()), hide_index=True, width="stretch")
 
 
 st.title("Cluster")
