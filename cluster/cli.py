@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from cluster import cli_jobs, cli_local, cli_stack
 from cluster.cli_errors import friendly_errors
+from jobs.limits import limits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with friendly_errors() as outcome:
+        # Every command reads specs or serves those who submit them: a bad GENFLEET_MAX_* stops
+        # it here, before it starts a dispatcher or a dashboard that would fail on each spec.
+        limits()
         outcome.code = args.handler(args)
     return outcome.code
 

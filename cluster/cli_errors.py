@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import redis
 from rich.console import Console
 
+from jobs.limits import LimitError
 from jobs.records import InvalidTransition, JobNotFound
 from jobs.redis_server import EmbeddedRedisError
 from jobs.spec_errors import SpecError
@@ -50,6 +51,9 @@ def friendly_errors() -> Iterator[Outcome]:
         stderr.print(str(exc))
         outcome.code = EXIT_INVALID
     except JobNotFound as exc:
+        stderr.print(f"error: {exc}")
+        outcome.code = EXIT_USAGE
+    except LimitError as exc:
         stderr.print(f"error: {exc}")
         outcome.code = EXIT_USAGE
     except (InvalidTransition, UserError) as exc:

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.limits import LIMITS
+from jobs.limits import limits
 from jobs.model_params import PARAMS_BY_MODEL, Params
 from jobs.spec_errors import FieldError, SpecError, describe_error, format_validation_error
 from jobs.yaml_source import YamlSource, parse_yaml
@@ -94,15 +94,15 @@ class TrainSpec(Section):
     @field_validator("epochs")
     @classmethod
     def _epochs_within_limit(cls, epochs: int) -> int:
-        if epochs > LIMITS.max_epochs:
-            raise ValueError(f"must be <= {LIMITS.max_epochs} (GENFLEET_MAX_EPOCHS)")
+        if epochs > limits().max_epochs:
+            raise ValueError(f"must be <= {limits().max_epochs} (GENFLEET_MAX_EPOCHS)")
         return epochs
 
     @field_validator("num_samples")
     @classmethod
     def _samples_within_limit(cls, num_samples: int) -> int:
-        if num_samples > LIMITS.max_samples:
-            raise ValueError(f"must be <= {LIMITS.max_samples} (GENFLEET_MAX_SAMPLES)")
+        if num_samples > limits().max_samples:
+            raise ValueError(f"must be <= {limits().max_samples} (GENFLEET_MAX_SAMPLES)")
         return num_samples
 
 
@@ -116,8 +116,8 @@ class ScalingSpec(Section):
     @field_validator("num_workers")
     @classmethod
     def _workers_within_limit(cls, num_workers: int) -> int:
-        if num_workers > LIMITS.max_workers:
-            raise ValueError(f"must be <= {LIMITS.max_workers} (GENFLEET_MAX_WORKERS)")
+        if num_workers > limits().max_workers:
+            raise ValueError(f"must be <= {limits().max_workers} (GENFLEET_MAX_WORKERS)")
         return num_workers
 
     @property

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from jobs.limits import LIMITS
+from jobs.limits import limits
 from jobs.spec_errors import FieldError, SpecError
 
 # A spec nests about six levels deep; the composer builds nested nodes by recursion, so deeper
@@ -44,7 +44,7 @@ def parse_yaml(text: str | bytes, source_name: str = "<spec>") -> tuple[Any, Yam
     """Parse one YAML document with the safe loader; reject aliases, deep nesting, huge
     integers, and huge or non-UTF-8 input."""
     if isinstance(text, bytes):
-        if len(text) > LIMITS.max_spec_bytes:
+        if len(text) > limits().max_spec_bytes:
             raise _too_big(len(text), source_name)
         try:
             text = text.decode("utf-8")
@@ -53,7 +53,7 @@ def parse_yaml(text: str | bytes, source_name: str = "<spec>") -> tuple[Any, Yam
                 [FieldError("", f"not UTF-8 text (byte {exc.start})")], source_name
             ) from None
     size = len(text.encode("utf-8", errors="replace"))
-    if size > LIMITS.max_spec_bytes:
+    if size > limits().max_spec_bytes:
         raise _too_big(size, source_name)
     try:
         _refuse_aliases_and_deep_nesting(text)
@@ -125,6 +125,6 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
 
 
 def _too_big(size: int, source_name: str) -> SpecError:
-    limit = LIMITS.max_spec_bytes
+    limit = limits().max_spec_bytes
     message = f"spec is {size} bytes; the limit is {limit} (GENFLEET_MAX_SPEC_BYTES)"
     return SpecError([FieldError("", message)], source_name)

@@ -505,9 +505,12 @@ def test_operator_limits_come_from_the_environment(tmp_path: Path) -> None:
         (str(big), "scaling.num_workers", "must be <= 2 (GENFLEET_MAX_WORKERS)"),
         (str(long), "", f"spec is {size} bytes; the limit is 400 (GENFLEET_MAX_SPEC_BYTES)"),
     }
-    code, report = validate_in_subprocess([big], GENFLEET_MAX_EPOCHS="lots")
-    assert code != 0
-    assert "GENFLEET_MAX_EPOCHS: must be an integer, got 'lots'" in report["stderr"]
+    for bad in ("lots", "0", "-5"):
+        code, report = validate_in_subprocess([big], GENFLEET_MAX_EPOCHS=bad)
+        assert code == 2
+        assert report["stderr"] == (
+            f"error: GENFLEET_MAX_EPOCHS: must be a positive integer, got {bad!r}\n"
+        )
 
 
 # -- fuzzing the path `genfleet submit` takes: load_spec_text, then JobQueue.submit ----------------

@@ -11,7 +11,7 @@ from dashboard import connection
 from dashboard.form_builder import form_builder
 from dashboard.spec_builder import spec_to_yaml
 from dashboard.spec_review import review_and_submit
-from jobs.limits import LIMITS
+from jobs.limits import limits
 from jobs.records import JobNotFound
 
 EXAMPLES_DIR = Path(jobs.__file__).with_name("examples")
@@ -44,9 +44,9 @@ def _load_upload() -> None:
     if upload is None:
         return
     data = upload.getvalue()
-    if len(data) > LIMITS.max_spec_bytes:
+    if len(data) > limits().max_spec_bytes:
         st.session_state[NOTICE_KEY] = (
-            f"`{upload.name}` is {len(data)} bytes; the limit is {LIMITS.max_spec_bytes} "
+            f"`{upload.name}` is {len(data)} bytes; the limit is {limits().max_spec_bytes} "
             "(GENFLEET_MAX_SPEC_BYTES)."
         )
         return
@@ -77,7 +77,7 @@ def yaml_editor() -> None:
         st.button("Clone job", on_click=lambda: clone_job(st.session_state["submit.clone_id"]))
     with upload:
         st.file_uploader(
-            f"Upload YAML (at most {LIMITS.max_spec_bytes // 1024} KiB)",
+            f"Upload YAML (at most {limits().max_spec_bytes // 1024} KiB)",
             type=["yaml", "yml"],
             key="submit.upload",
             on_change=_load_upload,
