@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from jobs.spec import DataSpec
+from trainers import data as data_module
 from trainers.data import (
     DatasetError,
     DynamicallyBinarized,
@@ -39,6 +40,23 @@ def write_fake_mnist(raw: Path, intensities: np.ndarray, labels: np.ndarray) -> 
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(
             label_header + labels.astype(np.uint8).tobytes()
         )
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    expected_images = torch.from_numpy(bunch.images).to(torch.uint8).unsqueeze(1)
+    expected_labels = torch.from_numpy(bunch.target).long()
+    images, labels, levels = data_module._digits()
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    assert levels == 17
+    # Where a scikit-learn release moved its CSV, load_digits itself gives the same tensors.
+    monkeypatch.setattr(data_module, "DIGITS_CSV", Path("no", "such", "digits.csv.gz"))
+    images, labels, _ = data_module._digits()
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
 def test_digits_split_is_deterministic_disjoint_and_in_17_levels(tmp_path: Path) -> None:

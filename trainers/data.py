@@ -7,6 +7,8 @@ nothing outside it is read, whatever `data.root` or a symlink says.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 # binarized_mnist is binarized from the MNIST files, so both share one download folder.
 DEFAULT_FOLDERS = {"binarized_mnist": "mnist"}
+DIGITS_CSV = Path("datasets", "data", "digits.csv.gz")  # inside scikit-learn's package
 
 # What torchvision needs on disk, named in the error a user sees when it is missing.
 TORCHVISION_FILES = {
@@ -144,12 +147,28 @@ def dataset_folder(data: DataSpec, data_dir: Path) -> Path:
 
 
 def _digits() -> tuple[Tensor, Tensor, int]:
-    """scikit-learn's bundled 8x8 digits: 1797 images of 17 grey levels, no download."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's bundled 8x8 digits: 1797 images of 17 grey levels, no download.
 
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
-    return images, torch.from_numpy(bunch.target).long(), 17
+    Read from the CSV that scikit-learn ships, as `load_digits` does, but without importing
+    scikit-learn: that import (2 s) would delay every Ray Train worker's first step.
+    """
+    try:
+        rows = _read_digits_csv()  # (N, 65): 64 pixels, then the label
+    except FileNotFoundError:  # a scikit-learn that keeps the file elsewhere
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        rows = np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
+    images = torch.from_numpy(rows[:, :64]).round().to(torch.uint8).view(-1, 1, 8, 8)
+    return images, torch.from_numpy(rows[:, 64]).long(), 17
+
+
+def _read_digits_csv() -> np.ndarray:
+    sklearn = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if sklearn is None or sklearn.origin is None:
+        raise FileNotFoundError("scikit-learn is not installed")
+    with gzip.open(Path(sklearn.origin).parent / DIGITS_CSV, "rt") as csv:
+        return np.loadtxt(csv, delimiter=",")
 
 
 def _torchvision_train_set(data: DataSpec, folder: Path) -> tuple[Tensor, Tensor]:
