@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -38,7 +39,10 @@ ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with fe
 _relay_by_job: dict[str, Any] = {}
 
 
-def tune_domain(domain: SearchDomain) -> Any:
+def tune_domain(domain: SearchDomain, search: str) -> Any:
+    # `search: grid` promises every combination, so its choices are enumerated, not sampled.
+    if isinstance(domain, Choice) and search == "grid":
+        return tune.grid_search(domain.choice)
     if isinstance(domain, Choice):
         return tune.choice(domain.choice)
     if isinstance(domain, Grid):
@@ -81,7 +85,9 @@ def run_sweep(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={key: tune_domain(domain) for key, domain in sweep.space.items()},
+            param_space={
+                key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()
+            },
             tune_config=tune.TuneConfig(
                 metric=sweep.metric,
                 mode=sweep.mode,
@@ -98,7 +104,7 @@ def run_sweep(
         )
     results = tuner.fit()
     best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
-    return {
+    summary = {
         "best_trial": (best.metrics or {}).get("trial_id"),
         "best_config": _plain(best.config),
         "best_metric": (best.metrics or {}).get(sweep.metric),
@@ -106,6 +112,14 @@ def run_sweep(
         "trials": len(results),
         "errors": len(results.errors),
     }
+    line = (
+        f"sweep finished: {summary['trials']} trials, {summary['errors']} failed; best "
+        f"{summary['best_trial']} with {sweep.metric} {summary['best_metric']}"
+    )
+    # Waited for: `TrialRelay`'s messages from this process then are in the relay too (one
+    # caller's actor calls run in order), before the dispatcher drains it for the last time.
+    ray.get(relay.put.remote("log", {"trial": None, "line": line}))
+    return summary
 
 
 def _search_algorithm(spec: JobSpec) -> Any:

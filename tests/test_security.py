@@ -893,4 +893,6 @@ def test_an_unreadable_image_fails_its_job_by_name_and_the_next_job_still_runs(
     # What a real run left in Redis is JSON, text and PNG too.
     found = formats_by_family(stack.store.redis, stack.settings.prefix)
     assert found["images"] == {"png", "text"}
-    assert {"job", "events", "metrics", "logs", "checkpoints", "cluster"} <= set(found)
+    assert {"job", "events", "metrics", "logs", "checkpoints", "dispatcher", "dispatchers"} <= set(
+        found
+    )

@@ -32,9 +32,21 @@ class RayReporter:
         self.run_dir = run_dir  # where Ray Train persists this run's checkpoints
         self.is_main = is_main
         self._pending_checkpoint: Path | None = None
+        self._last_sent: ray.ObjectRef | None = None
 
     def _send(self, kind: str, payload: dict[str, Any]) -> None:
-        self.relay.put.remote(kind, {"trial": self.trial, **payload})
+        self._last_sent = self.relay.put.remote(kind, {"trial": self.trial, **payload})
+
+    def flush(self) -> None:
+        """Wait until the relay holds everything sent so far.
+
+        Ray Train ends a worker soon after its last report, and a message still on its way
+        from a process that is gone is lost: without this, the last epoch's metrics sometimes
+        never reached the store. One caller's calls to an actor run in order, so waiting for
+        the last one is enough.
+        """
+        if self._last_sent is not None:
+            ray.get(self._last_sent)
 
     def info(self, info: dict[str, Any]) -> None:
         self._send("info", {"info": info})
@@ -59,6 +71,9 @@ class RayReporter:
 
     def log(self, line: str) -> None:
         self._send("log", {"line": line})
+
+    def fatal(self, error: str) -> None:
+        self._send("fatal", {"error": error})
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -92,7 +107,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # checkpoint max_failures times and diverge the same way each time, so end the run
             # here and tell the dispatcher, which fails the job without retrying.
             if rank == 0:
-                relay.put.remote("fatal", {"trial": trial, "error": f"NonFiniteLossError: {exc}"})
+                reporter.fatal(f"NonFiniteLossError: {exc}")
+        reporter.flush()
 
 
 def _ddp_wrapper(world_size: int) -> Any:
