@@ -83,25 +83,7 @@ def run_sweep(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()
-            },
-            tune_config=tune.TuneConfig(
-                metric=sweep.metric,
-                mode=sweep.mode,
-                num_samples=sweep.num_samples,
-                max_concurrent_trials=sweep.max_concurrent,
-                search_alg=_search_algorithm(spec),
-                scheduler=_scheduler(spec),
-            ),
-            run_config=tune.RunConfig(
-                name=job_id,
-                storage_path=storage,
-                callbacks=[TrialRelay(job_id, spec)],
-            ),
-        )
+        tuner = _new_tuner(job_id, spec, trainable, storage)
     results = tuner.fit()
     best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
     summary = {
@@ -120,6 +102,26 @@ def run_sweep(
     # caller's actor calls run in order), before the dispatcher drains it for the last time.
     ray.get(relay.put.remote("log", {"trial": None, "line": line}))
     return summary
+
+
+def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune.Tuner:
+    sweep = spec.sweep
+    assert sweep is not None
+    return tune.Tuner(
+        trainable,
+        param_space={key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()},
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent,
+            search_alg=_search_algorithm(spec),
+            scheduler=_scheduler(spec),
+        ),
+        run_config=tune.RunConfig(
+            name=job_id, storage_path=storage, callbacks=[TrialRelay(job_id, spec)]
+        ),
+    )
 
 
 def _search_algorithm(spec: JobSpec) -> Any:
