@@ -94,16 +94,19 @@ class TrainSpec(Section):
     @field_validator("epochs")
     @classmethod
     def _epochs_within_limit(cls, epochs: int) -> int:
-        if epochs > limits().max_epochs:
-            raise ValueError(f"must be <= {limits().max_epochs} (GENFLEET_MAX_EPOCHS)")
-        return epochs
+        return _within_limit(epochs, limits().max_epochs, "GENFLEET_MAX_EPOCHS")
 
     @field_validator("num_samples")
     @classmethod
     def _samples_within_limit(cls, num_samples: int) -> int:
-        if num_samples > limits().max_samples:
-            raise ValueError(f"must be <= {limits().max_samples} (GENFLEET_MAX_SAMPLES)")
-        return num_samples
+        return _within_limit(num_samples, limits().max_samples, "GENFLEET_MAX_SAMPLES")
+
+
+def _within_limit(value: int, limit: int, variable: str) -> int:
+    """`value`, unless it is over the operator's limit set by `variable`."""
+    if value > limit:
+        raise ValueError(f"must be <= {limit} ({variable})")
+    return value
 
 
 class ScalingSpec(Section):
@@ -116,9 +119,7 @@ class ScalingSpec(Section):
     @field_validator("num_workers")
     @classmethod
     def _workers_within_limit(cls, num_workers: int) -> int:
-        if num_workers > limits().max_workers:
-            raise ValueError(f"must be <= {limits().max_workers} (GENFLEET_MAX_WORKERS)")
-        return num_workers
+        return _within_limit(num_workers, limits().max_workers, "GENFLEET_MAX_WORKERS")
 
     @property
     def cpus(self) -> float:
