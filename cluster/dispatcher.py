@@ -39,6 +39,7 @@ log = logging.getLogger("genfleet.dispatcher")
 
 NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+RUNNER_EXIT_SECONDS = 5.0  # the most a stop waits for killed runners to be gone
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ActiveJob:
     needs: Resources
     lease_renewed_at: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
+    placement_groups: set[str] = field(default_factory=set)  # every one the run has used
     undelivered: list[Message] = field(default_factory=list)  # drained, not yet in Redis
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
@@ -100,9 +102,24 @@ class Dispatcher:
 
     def shutdown(self) -> None:
         """Stop our runs; their leases lapse and another dispatcher resumes them."""
-        for job in list(self.active.values()):
-            ray.kill(job.runner, no_restart=True)
+        self._stop_runs(list(self.active.values()))
         self.active.clear()
+
+    def _stop_runs(self, jobs: list[ActiveJob]) -> None:
+        """Kill the runs' runners, and the Train controllers and workers they own, then free
+        the placement groups the runs reserved, which Ray would otherwise keep (see
+        `remove_placement_groups`).
+
+        The groups go only once the runners are dead: a Train controller that saw its workers'
+        group vanish while still alive would reserve a new one to restart them.
+        """
+        if not jobs:
+            return
+        for job in jobs:
+            ray.kill(job.runner, no_restart=True)
+        ray.wait([job.result for job in jobs], num_returns=len(jobs), timeout=RUNNER_EXIT_SECONDS)
+        for job in jobs:
+            ray_runtime.remove_placement_groups(job.placement_groups)
 
     # -- claiming -----------------------------------------------------------------------------
 
@@ -165,6 +182,8 @@ class Dispatcher:
         for kind, payload in job.undelivered:
             if kind == "fatal" and payload.get("trial") is None:
                 job.fatal_error = payload["error"]
+            if payload.get("placement_group"):
+                job.placement_groups.add(payload["placement_group"])
         while job.undelivered:
             for worker in write_messages(self.store, job.job_id, job.undelivered[:1]):
                 job.workers[worker["rank"]] = worker
@@ -173,7 +192,7 @@ class Dispatcher:
     def _service(self, job: ActiveJob) -> None:
         self._relay(job)
         if self.queue.is_cancel_requested(job.job_id):
-            ray.kill(job.runner, no_restart=True)
+            self._stop_runs([job])
             self.queue.mark_cancelled(job.job_id, self.worker_id)
             self._forget(job)
             return
@@ -184,7 +203,7 @@ class Dispatcher:
         if time.monotonic() - job.lease_renewed_at >= self.lease_seconds / 3:
             if not self.queue.renew_lease(job.job_id, self.worker_id, self.lease_seconds):
                 log.warning("lost the lease on %s; stopping our copy", job.job_id)
-                ray.kill(job.runner, no_restart=True)
+                self._stop_runs([job])
                 self._forget(job)
                 return
             job.lease_renewed_at = time.monotonic()

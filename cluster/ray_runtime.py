@@ -7,10 +7,12 @@ dashboard on anything but loopback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 NAMESPACE = "genfleet"  # runner actors are named in it, so any dispatcher can find them
 
@@ -76,3 +78,15 @@ def node_summaries() -> list[dict[str, Any]]:
 def available_resources() -> dict[str, float]:
     available = ray.available_resources()
     return {"cpus": available.get("CPU", 0.0), "gpus": available.get("GPU", 0.0)}
+
+
+def remove_placement_groups(group_ids: Iterable[str]) -> None:
+    """Free what a run we killed had reserved (removing one already gone does nothing).
+
+    Ray keeps a placement group made inside an actor until that actor is dead *and* its
+    driver's job has ended, and the dispatcher is that driver: the groups of a killed run (Ray
+    Train's worker group, Tune's per-trial reservation) would outlive it. Ray Train's own
+    cleaner finds a dead controller through the State API, which took over 20 s under load.
+    """
+    for group_id in group_ids:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))

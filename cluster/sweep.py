@@ -29,6 +29,7 @@ from jobs.spec import (
     Uniform,
     apply_overrides,
 )
+from trainers.ray_adapter import placement_group_id
 
 TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with few epochs
@@ -66,6 +67,9 @@ def run_sweep(
 
     def trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
+        relay.put.remote(
+            "placement_group", {"trial": trial_id, "placement_group": placement_group_id()}
+        )
         trial_spec = apply_overrides(spec, config)
         trial_config = {**loop_config, "trial": trial_id}
         trainer = build_trainer(

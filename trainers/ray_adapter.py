@@ -17,6 +17,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+from ray.util import get_current_placement_group
 from torch import nn
 
 from jobs.spec import JobSpec
@@ -83,7 +84,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     relay, trial = config["relay"], config["trial"]
     node_id = ray.get_runtime_context().get_node_id()
     relay.put.remote(
-        "worker", {"trial": trial, "rank": rank, "pid": os.getpid(), "node_id": node_id}
+        "worker",
+        {
+            "trial": trial,
+            "rank": rank,
+            "pid": os.getpid(),
+            "node_id": node_id,
+            "placement_group": placement_group_id(),
+        },
     )
 
     with ExitStack() as stack:
@@ -109,6 +117,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 reporter.fatal(f"NonFiniteLossError: {exc}")
         reporter.flush()
+
+
+def placement_group_id() -> str | None:
+    """The placement group this process runs in, which the dispatcher frees on cancel."""
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else None
 
 
 def _ddp_wrapper(world_size: int) -> Any:
