@@ -19,7 +19,7 @@ up: install
 	$(BIN)/genfleet up
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: install
 	$(BIN)/pytest -q -m "not ray and not browser"

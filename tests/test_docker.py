@@ -424,7 +424,9 @@ def test_ray_head_service_refuses_a_wrong_token_and_serves_the_dispatcher():
             connected = run(
                 [sys.executable, "-c", CONNECT_AS_DISPATCHER], {**base_env, **environment}
             )
-            assert connected.returncode == 0, connected.stderr[-2000:]
+            assert connected.returncode == 0, connected.stderr[-2000:] + client_server_logs(
+                Path(temp_dir)
+            )
             resources = json.loads(connected.stdout.splitlines()[-1])
             # The head alone, seen through the dispatcher's own query: no CPUs or GPUs to train on.
             assert resources == {
@@ -435,6 +437,12 @@ def test_ray_head_service_refuses_a_wrong_token_and_serves_the_dispatcher():
             }
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def client_server_logs(temp_dir: Path) -> str:
+    """What the head's Ray Client servers wrote, for a failed connection's message."""
+    logs = sorted(temp_dir.glob("session_*/logs/ray_client_server*"))
+    return "".join(f"\n--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
 
 
 def test_dashboard_service_command_refuses_to_serve_without_its_password():
@@ -572,6 +580,16 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
 def literal_env(pod: dict[str, Any]) -> dict[str, str | None]:
     """The container's variables; None for those taken from a Secret."""
     return {variable["name"]: variable.get("value") for variable in container(pod)["env"]}
+
+
+def test_every_ray_head_keeps_grpc_fork_handlers_off_for_its_client_proxy():
+    # With them on, about half the dispatcher's Ray Client connections failed here: the proxy's
+    # forked server crashed before it started (ray-project/ray#63202).
+    heads = [
+        services(stack)["ray-head"]["environment"] for stack in ("one box", "head box of several")
+    ]
+    heads.append(literal_env(kuberay_pods()["head"]))
+    assert [head.get("GRPC_ENABLE_FORK_SUPPORT") for head in heads] == ["false"] * 3
 
 
 def test_kuberay_manifest_is_valid_kubernetes():
