@@ -382,6 +382,9 @@ def ddp_worker(rank: int, world: int, folder: Path, resume_from: Path) -> None:
     val = run.evaluate(final=False)
     final = run.train()
     (folder / f"rank{rank}.json").write_text(json.dumps({"val": val, "final": final}))
+    # Without it the rank that finishes first tears its connections down while the other still
+    # uses them, and gloo aborts that one (SIGABRT, about one run in three here).
+    dist.barrier()
     dist.destroy_process_group()
 
 
