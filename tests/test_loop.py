@@ -382,8 +382,8 @@ def ddp_worker(rank: int, world: int, folder: Path, resume_from: Path) -> None:
     val = run.evaluate(final=False)
     final = run.train()
     (folder / f"rank{rank}.json").write_text(json.dumps({"val": val, "final": final}))
-    # Without it the rank that finishes first tears its connections down while the other still
-    # uses them, and gloo aborts that one (SIGABRT, about one run in three here).
+    # Without it one rank could close its gloo connections while the other was still shutting
+    # its own down, and gloo aborted that one (SIGABRT, about one run in three here).
     dist.barrier()
     dist.destroy_process_group()
 
