@@ -39,7 +39,7 @@ log = logging.getLogger("genfleet.dispatcher")
 
 NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-RUNNER_EXIT_SECONDS = 5.0  # the most a stop waits for killed runners to be gone
+STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ActiveJob:
     lease_renewed_at: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
+    controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
     undelivered: list[Message] = field(default_factory=list)  # drained, not yet in Redis
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
@@ -106,18 +107,26 @@ class Dispatcher:
         self.active.clear()
 
     def _stop_runs(self, jobs: list[ActiveJob]) -> None:
-        """Kill the runs' runners, and the Train controllers and workers they own, then free
-        the placement groups the runs reserved, which Ray would otherwise keep (see
-        `remove_placement_groups`).
+        """Stop runs for good and free everything they reserved.
 
-        The groups go only once the runners are dead: a Train controller that saw its workers'
-        group vanish while still alive would reserve a new one to restart them.
+        1. Kill each runner: Tune schedules no further trial, and its trial actors die with it.
+        2. Abort each Train controller the run reported, as Ctrl-C on `fit()` would: it frees its
+           workers' placement group and exits. Waiting for the aborts is waiting until no
+           controller is left that could restart workers whose group vanished.
+        3. Remove every placement group the run reported. Ray keeps groups made inside an actor
+           while the dispatcher's job lives (see `remove_placement_groups`), so Tune's per-trial
+           reservations, and the group of a controller that died before its abort, stay
+           otherwise.
         """
         if not jobs:
             return
         for job in jobs:
             ray.kill(job.runner, no_restart=True)
-        ray.wait([job.result for job in jobs], num_returns=len(jobs), timeout=RUNNER_EXIT_SECONDS)
+        gone = [job.result for job in jobs]
+        gone += [
+            controller.abort.remote() for job in jobs for controller in job.controllers.values()
+        ]
+        ray.wait(gone, num_returns=len(gone), timeout=STOP_SECONDS)
         for job in jobs:
             ray_runtime.remove_placement_groups(job.placement_groups)
 
@@ -152,7 +161,7 @@ class Dispatcher:
         except ValueError:  # the runner's name is taken: the job still runs under another owner
             self.store.append_event(job_id, "already running on Ray; not started twice")
             return
-        needs = Resources(cpus=spec.scaling.cpus, gpus=spec.scaling.gpus)
+        needs = Resources(cpus=spec.needs_cpus, gpus=spec.needs_gpus)
         self.active[job_id] = ActiveJob(job_id, runner, result, relay, needs)
         verb = "resuming from its last checkpoint" if attempt > 1 else "starting"
         self.store.append_log(job_id, f"[dispatcher {self.worker_id}] attempt {attempt}: {verb}")
@@ -184,6 +193,8 @@ class Dispatcher:
                 job.fatal_error = payload["error"]
             if payload.get("placement_group"):
                 job.placement_groups.add(payload["placement_group"])
+            if kind == "controller":
+                job.controllers[payload.get("trial")] = payload["controller"]
         while job.undelivered:
             for worker in write_messages(self.store, job.job_id, job.undelivered[:1]):
                 job.workers[worker["rank"]] = worker

@@ -34,8 +34,8 @@ def write_messages(
             )
         elif kind == "worker":
             workers.append(payload)
-        elif kind == "placement_group":
-            pass  # for the dispatcher, which frees it when it stops the run; nothing to store
+        elif kind in ("placement_group", "controller"):
+            pass  # for the dispatcher, to stop the run for good; nothing to store
         elif kind == "fatal":
             prefix = f"[{trial}] " if trial else ""
             store.append_log(job_id, f"{prefix}run stopped: {payload['error']}")

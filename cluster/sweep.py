@@ -118,7 +118,9 @@ def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune
             metric=sweep.metric,
             mode=sweep.mode,
             num_samples=sweep.num_samples,
-            max_concurrent_trials=sweep.max_concurrent,
+            # Not `max_concurrent_trials`: Tune applies it only to a `Searcher`, and ignored it
+            # for the `BasicVariantGenerator` of random and grid search, which ran every trial
+            # at once. Each search algorithm carries the limit itself.
             search_alg=_search_algorithm(spec),
             scheduler=_scheduler(spec),
         ),
@@ -137,7 +139,7 @@ def _search_algorithm(spec: JobSpec) -> Any:
         return ConcurrencyLimiter(
             OptunaSearch(seed=spec.train.seed), max_concurrent=sweep.max_concurrent
         )
-    return BasicVariantGenerator(random_state=spec.train.seed)
+    return BasicVariantGenerator(random_state=spec.train.seed, max_concurrent=sweep.max_concurrent)
 
 
 def _scheduler(spec: JobSpec) -> Any:

@@ -54,11 +54,11 @@ def show_preview(spec: JobSpec) -> None:
     columns[1].metric("Dataset", spec.data.dataset)
     columns[2].metric("Epochs", spec.train.epochs)
     columns[3].metric("Priority", spec.priority)
-    columns[4].metric("CPUs / GPUs", f"{spec.scaling.cpus:g} / {spec.scaling.gpus:g}")
+    columns[4].metric("CPUs / GPUs", f"{spec.needs_cpus:g} / {spec.needs_gpus:g}")
     if spec.sweep is not None:
         sweep = spec.sweep
         st.caption(
-            f"Sweep: {sweep.num_samples} trials, {sweep.search} search, {sweep.scheduler} "
+            f"Sweep: {sweep.trials} trials, {sweep.concurrent_trials} at once, {sweep.search} search, {sweep.scheduler} "
             f"scheduler, {sweep.mode} {sweep.metric}, varying {', '.join(sweep.space)}"
         )
     with st.expander("Full spec, defaults filled in"):

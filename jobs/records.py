@@ -132,8 +132,8 @@ def new_job_fields(
         "max_attempts": spec.max_attempts,
         "cancel_requested": 0,
         "spec": spec.model_dump_json(),
-        "needs_cpus": spec.scaling.cpus,
-        "needs_gpus": spec.scaling.gpus,
+        "needs_cpus": spec.needs_cpus,
+        "needs_gpus": spec.needs_gpus,
         "parent": parent or "",
     }
 

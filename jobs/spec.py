@@ -163,6 +163,22 @@ class SweepSpec(Section):
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     space: dict[str, SearchDomain] = Field(min_length=1, max_length=MAX_SEARCH_KEYS)
 
+    @property
+    def trials(self) -> int:
+        """How many trials Tune runs: each grid combination (and under `search: grid`, each
+        choice) `num_samples` times."""
+        combinations = 1
+        for domain in self.space.values():
+            if isinstance(domain, Grid):
+                combinations *= len(domain.grid)
+            elif isinstance(domain, Choice) and self.search == "grid":
+                combinations *= len(domain.choice)
+        return self.num_samples * combinations
+
+    @property
+    def concurrent_trials(self) -> int:
+        return min(self.max_concurrent, self.trials)
+
     @model_validator(mode="after")
     def _domains_fit_search(self) -> SweepSpec:
         for key, domain in self.space.items():
@@ -189,6 +205,19 @@ class JobSpec(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     sweep: SweepSpec | None = None
+
+    @property
+    def concurrent_runs(self) -> int:
+        """Train runs that hold resources at once: a sweep's concurrent trials, else one."""
+        return self.sweep.concurrent_trials if self.sweep is not None else 1
+
+    @property
+    def needs_cpus(self) -> float:
+        return self.concurrent_runs * self.scaling.cpus
+
+    @property
+    def needs_gpus(self) -> float:
+        return self.concurrent_runs * self.scaling.gpus
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

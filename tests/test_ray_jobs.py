@@ -172,6 +172,7 @@ def test_cancelled_run_and_sweep_stop_within_ten_seconds_and_free_their_resource
     sweep_id = submit(stack, kind="sweep", sweep=sweep, scaling__num_workers=1, **endless)
     stack.wait_for(run_id, lambda r: bool(stack.store.metrics(run_id)), timeout=120)
     stack.wait_for(sweep_id, lambda r: _any_trial_reported(stack, sweep_id), timeout=120)
+    assert len(stack.store.trials(sweep_id)) == 1  # max_concurrent: 1, and trial 1 runs on
     requested = time.monotonic()
     stack.queue.cancel(run_id)
     stack.queue.cancel(sweep_id)

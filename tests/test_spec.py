@@ -217,6 +217,26 @@ def test_sweep_trial_overrides_produce_a_valid_train_spec() -> None:
     assert (trial.train.lr, trial.model.params.channels, trial.train.batch_size) == (0.003, 16, 32)
 
 
+@pytest.mark.parametrize(
+    ("search", "space", "max_concurrent", "trials", "cpus"),
+    [
+        ("random", {"train.lr": {"uniform": [0.001, 0.01]}}, 3, 8, 6.0),
+        ("random", {"train.lr": {"grid": [0.001, 0.01]}}, 32, 16, 32.0),
+        ("grid", {"train.lr": {"grid": [0.001, 0.01]}, "train.batch_size": {"choice": [32, 64, 128]}}, 32, 48, 64.0),
+        ("optuna", {"train.batch_size": {"choice": [32, 64]}}, 2, 8, 4.0),
+    ],
+)  # fmt: skip
+def test_a_sweep_needs_the_resources_of_every_trial_it_runs_at_once(
+    search: str, space: dict, max_concurrent: int, trials: int, cpus: float
+) -> None:
+    data = sweep_with(space, search)
+    data["sweep"] |= {"num_samples": 8, "max_concurrent": max_concurrent}
+    data["scaling"] = {"num_workers": 2}
+    spec = validate_spec_dict(data)
+    assert spec.sweep is not None
+    assert (spec.sweep.trials, spec.needs_cpus, spec.needs_gpus) == (trials, cpus, 0.0)
+
+
 def test_json_schema_describes_every_model_variant() -> None:
     schema = JobSpec.model_json_schema()
     text = yaml.safe_dump(schema)

@@ -93,6 +93,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "placement_group": placement_group_id(),
         },
     )
+    controller = train_controller()
+    if rank == 0 and controller is not None:
+        relay.put.remote("controller", {"trial": trial, "controller": controller})
 
     with ExitStack() as stack:
         restored = ray.train.get_checkpoint()
@@ -117,6 +120,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 reporter.fatal(f"NonFiniteLossError: {exc}")
         reporter.flush()
+
+
+def train_controller() -> Any | None:
+    """This run's Ray Train controller, which the dispatcher aborts to cancel the run.
+
+    Ray Train has no public handle to it; its internal train context (Ray 2.60) holds one.
+    None where a Ray release keeps it elsewhere: cancel then relies on the runner's death and
+    on the placement groups the workers reported.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        return get_train_context().controller_actor
+    except (ImportError, AttributeError):
+        return None
 
 
 def placement_group_id() -> str | None:
