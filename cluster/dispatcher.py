@@ -173,8 +173,8 @@ class Dispatcher:
         waiting = self.store.get_many(self.queue.queued(limit=50))
         for ahead, record in enumerate(waiting):
             needs = Resources(cpus=record.needs_cpus, gpus=record.needs_gpus)
-            per_worker = record.spec.get("scaling", {})
-            impossible = never_fits_reason(needs, per_worker, cluster)
+            scaling = record.spec.get("scaling", {})
+            impossible = never_fits_reason(needs, scaling, cluster, is_sweep=record.kind == "sweep")
             if impossible:
                 self.queue.reject(record.id, impossible)
                 continue

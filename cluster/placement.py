@@ -11,13 +11,26 @@ __all__ = ["Resources", "never_fits_reason", "pending_reason"]
 
 
 def never_fits_reason(
-    needs: Resources, scaling: dict[str, Any], cluster: ClusterResources
+    needs: Resources, scaling: dict[str, Any], cluster: ClusterResources, is_sweep: bool = False
 ) -> str | None:
     """Why a job can never run on this cluster, or None if it could once others finish."""
+    too_big = _beyond_cluster(needs, cluster)
+    worker_too_big = _beyond_largest_node(scaling, cluster)
+    one_trial_fits = not worker_too_big and not _beyond_cluster(_one_run(scaling), cluster)
+    if too_big and is_sweep and one_trial_fits:
+        return f"{too_big}; {_concurrency_that_fits(scaling, cluster)}"
+    return too_big or worker_too_big
+
+
+def _beyond_cluster(needs: Resources, cluster: ClusterResources) -> str | None:
     if needs.gpus > cluster.gpus:
         return f"needs {_count(needs.gpus, 'GPU')}, the cluster has {_count(cluster.gpus, 'GPU')}"
     if needs.cpus > cluster.cpus:
         return f"needs {_count(needs.cpus, 'CPU')}, the cluster has {_count(cluster.cpus, 'CPU')}"
+    return None
+
+
+def _beyond_largest_node(scaling: dict[str, Any], cluster: ClusterResources) -> str | None:
     per_worker_cpus = float(scaling.get("cpus_per_worker", 1.0))
     if per_worker_cpus > cluster.largest_node_cpus:
         return (
@@ -32,6 +45,22 @@ def never_fits_reason(
                 f"{_count(cluster.largest_node_gpus, 'GPU')}"
             )
     return None
+
+
+def _one_run(scaling: dict[str, Any]) -> Resources:
+    workers = int(scaling.get("num_workers", 1))
+    gpus = workers * float(scaling.get("gpus_per_worker", 1.0)) if scaling.get("use_gpu") else 0
+    return Resources(cpus=workers * float(scaling.get("cpus_per_worker", 1.0)), gpus=gpus)
+
+
+def _concurrency_that_fits(scaling: dict[str, Any], cluster: ClusterResources) -> str:
+    """A sweep too wide for the cluster whose single trial fits: how many trials at once do."""
+    run = _one_run(scaling)
+    fits = int(cluster.cpus // run.cpus)
+    if run.gpus:
+        fits = min(fits, int(cluster.gpus // run.gpus))
+    trial = _count(run.cpus, "CPU") + (f" and {_count(run.gpus, 'GPU')}" if run.gpus else "")
+    return f"a trial needs {trial}: set sweep.max_concurrent to {fits} or less"
 
 
 def pending_reason(needs: Resources, free: Resources, jobs_ahead: int) -> str:
