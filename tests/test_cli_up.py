@@ -32,6 +32,7 @@ pytestmark = pytest.mark.ray
 GENFLEET = Path(sys.executable).with_name("genfleet")
 START_SECONDS = 180  # Redis, Ray and Streamlit on a busy 2-core machine
 DEMO_JOB_SECONDS = 240
+DEMO_SWEEP_SECONDS = 360  # after the job: on 2 cores the sweep waits for the job's CPU
 STOP_SECONDS = 30
 DEMO_JOB_LINE = re.compile(r"^demo job   ([0-9a-f]{12}) \((demo_\w+)\.yaml\)$", re.MULTILINE)
 
@@ -46,7 +47,7 @@ def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     stop_embedded(home)  # it outlives `up` on purpose: later commands share it
 
 
-def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_stops_on_ctrl_c(
+def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_ctrl_c(
     tmp_path: Path, up_env: dict[str, str]
 ) -> None:
     port = int(up_env["GENFLEET_DASHBOARD_PORT"])
@@ -86,6 +87,10 @@ def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_stops_on_ctrl_c(
         record = _wait_final(store, jobs["demo-pixelcnn"], DEMO_JOB_SECONDS)
         assert record.status == JobStatus.SUCCEEDED, record.last_error
         assert record.progress["epoch"] == 3
+        sweep = _wait_final(store, jobs["demo-sweep"], DEMO_SWEEP_SECONDS)
+        assert sweep.status == JobStatus.SUCCEEDED, sweep.last_error
+        assert len(store.trials(jobs["demo-sweep"])) == 4
+        assert sweep.result["best_trial"]
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=STOP_SECONDS) == 0, log_path.read_text()[-3000:]
