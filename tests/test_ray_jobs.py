@@ -109,7 +109,8 @@ def completed_trials(stack: Stack, job_id: str) -> list[dict]:
     record = stack.wait_final(job_id, timeout=300)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
-    assert all(trial["status"] == "completed" for trial in trials.values()), trials
+    failed = [trial for trial in trials.values() if trial["status"] != "completed"]
+    assert not failed, (failed, stack.store.logs(job_id, tail=40))
     best = trials[record.result["best_trial"]]
     assert record.result["best_config"] == best["config"]
     assert record.result["best_metric"] == min(trial["metric"] for trial in trials.values())
