@@ -6,6 +6,7 @@ from typing import Any
 
 from cluster.ray_runtime import ClusterResources
 from jobs.queue import Resources
+from jobs.spec import ScalingSpec
 
 __all__ = ["Resources", "never_fits_reason", "pending_reason"]
 
@@ -48,9 +49,8 @@ def _beyond_largest_node(scaling: dict[str, Any], cluster: ClusterResources) -> 
 
 
 def _one_run(scaling: dict[str, Any]) -> Resources:
-    workers = int(scaling.get("num_workers", 1))
-    gpus = workers * float(scaling.get("gpus_per_worker", 1.0)) if scaling.get("use_gpu") else 0
-    return Resources(cpus=workers * float(scaling.get("cpus_per_worker", 1.0)), gpus=gpus)
+    run = ScalingSpec.model_validate(scaling)  # stored from a validated spec
+    return Resources(cpus=run.cpus, gpus=run.gpus)
 
 
 def _concurrency_that_fits(scaling: dict[str, Any], cluster: ClusterResources) -> str:
