@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python bench/queue_bench.py
 	$(BIN)/python bench/stress_bench.py
 	$(BIN)/python bench/models_bench.py
+	$(BIN)/python bench/recipe_bench.py
 	$(BIN)/python bench/sampling_bench.py
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/dashboard_bench.py

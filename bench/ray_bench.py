@@ -144,7 +144,13 @@ def train_on_ray(
     # Read by Ray Train in this process when fit() starts its controller.
     os.environ[REPORT_POLL_VARIABLE] = report_poll_s
     relay = Relay.remote()
-    loop_config = {"relay": relay, "data_dir": str(data_dir), "trial": None}
+    loop_config = {
+        "relay": relay,
+        "data_dir": str(data_dir),
+        "job_id": None,  # no queued job, so no attempt: its MLflow run is never reused
+        "attempt": None,
+        "trial": None,
+    }
     trainer = build_trainer(spec, run_name, str(work / "ray-storage"), loop_config)
     started = time.perf_counter()
     trainer.fit()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import redis
 from rich.console import Console
 
+from genfleet.errors import SpecFileError
 from jobs.limits import LimitError
 from jobs.records import InvalidTransition, JobNotFound
 from jobs.redis_server import EmbeddedRedisError
@@ -56,6 +57,9 @@ def friendly_errors() -> Iterator[Outcome]:
     except LimitError as exc:
         stderr.print(f"error: {exc}")
         outcome.code = EXIT_USAGE
+    except SpecFileError as exc:
+        stderr.print(f"error: {exc}")
+        outcome.code = EXIT_INVALID
     except (InvalidTransition, UserError) as exc:
         stderr.print(f"error: {exc}")
         outcome.code = getattr(exc, "exit_code", EXIT_INVALID)

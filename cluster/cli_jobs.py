@@ -9,18 +9,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from cluster.cli_errors import EXIT_INVALID, UserError, stderr
+from cluster.cli_errors import EXIT_INVALID, stderr
+from genfleet.errors import SpecFileError
+from genfleet.specs import as_spec
 from jobs.records import JobRecord, JobStatus
 from jobs.settings import Settings
-from jobs.spec import JobSpec, load_spec_text
+from jobs.spec import JobSpec
 from jobs.spec_errors import SpecError
+
+if TYPE_CHECKING:
+    from genfleet.client import Client
 
 stdout = Console(highlight=False, soft_wrap=True, markup=False)  # job text is never markup
 
@@ -49,8 +54,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--status", choices=[status.value for status in JobStatus])
     command.add_argument("--model")
     command.add_argument("--kind", choices=["train", "sweep"])
-    command.add_argument("--limit", type=_int_at_least(1), default=50)
-    command.add_argument("--offset", type=_int_at_least(0), default=0)
+    command.add_argument("--limit", type=int_at_least(1), default=50)
+    command.add_argument("--offset", type=int_at_least(0), default=0)
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=list_jobs)
 
@@ -77,7 +82,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser("logs", help="a job's log lines")
     command.add_argument("job_id", metavar="JOB")
     command.add_argument(
-        "--tail", type=_int_at_least(0), default=200, help="earlier lines to print first"
+        "--tail", type=int_at_least(0), default=200, help="earlier lines to print first"
     )
     command.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     command.set_defaults(handler=logs)
@@ -88,7 +93,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.set_defaults(handler=samples)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type; Redis ranges read 0 and negative counts as "to the end", so refuse them."""
 
     def parse(text: str) -> int:
@@ -103,35 +108,24 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def open_queue() -> tuple[Any, Any]:
-    """The queue and store on the configured Redis (starting the embedded one if needed)."""
-    from jobs.queue import JobQueue
-    from jobs.redis_server import connect
-    from jobs.store import JobStore
+def open_client() -> Client:
+    """The Python client on the configured Redis (starting the embedded one if needed): every
+    command goes through it, as a notebook does."""
+    from genfleet.client import Client
 
-    settings = Settings.from_env()
-    client = connect(settings)
-    return JobQueue(client, settings.prefix), JobStore(client, settings.prefix)
-
-
-def read_spec(path: Path) -> JobSpec:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    return load_spec_text(text, str(path))
+    return Client(Settings.from_env())
 
 
 def validate(args: argparse.Namespace) -> int:
     problems: list[dict[str, Any]] = []
     for path in args.files:
         try:
-            read_spec(path)
+            as_spec(path)
         except SpecError as exc:
             problems.extend(exc.as_json())
             if not args.json:
                 stderr.print(str(exc))
-        except UserError as exc:
+        except SpecFileError as exc:
             problems.append({"source": str(path), "field": "", "line": None, "message": str(exc)})
             if not args.json:
                 stderr.print(str(exc))
@@ -149,9 +143,9 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    spec = read_spec(args.file)
-    queue, _ = open_queue()
-    job_id = queue.submit(spec, idempotency_key=args.idempotency_key, priority=args.priority)
+    spec = as_spec(args.file)
+    job = open_client().submit(spec, priority=args.priority, idempotency_key=args.idempotency_key)
+    job_id = job.id
     if args.json:
         print(json.dumps({"job_id": job_id}))
     else:
@@ -160,8 +154,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def list_jobs(args: argparse.Namespace) -> int:
-    _, store = open_queue()
-    page = store.list_jobs(
+    page = open_client().jobs(
         status=args.status, model=args.model, kind=args.kind, offset=args.offset, limit=args.limit
     )
     if args.json:
@@ -223,9 +216,8 @@ def _epochs(record: JobRecord) -> int | None:
 
 
 def status(args: argparse.Namespace) -> int:
-    _, store = open_queue()
-    record = store.get(args.job_id)
-    events = store.events(args.job_id)
+    job = open_client().job(args.job_id)
+    record, events = job.record(), job.events()
     if args.json:
         body = {**asdict(record), "events": [asdict(event) for event in events]}
         print(json.dumps(body, default=str))
@@ -241,8 +233,13 @@ def status(args: argparse.Namespace) -> int:
     if epochs and "epoch" in progress:
         bar = ProgressBar(total=epochs, completed=progress["epoch"], width=30)
         stdout.print(bar, f" epoch {progress['epoch']}/{epochs}", end="")
-        bpd = progress.get("val_bits_per_dim")
-        stdout.print(f"   val bits/dim {bpd:.4f}" if isinstance(bpd, int | float) else "")
+        stdout.print(_numbers(progress, ("val_bits_per_dim", "test_bits_per_dim")))
+    if record.kind == "sweep" and record.result.get("best_trial"):
+        result = record.result
+        numbers = {result["metric"]: result.get("best_metric")}
+        if result.get("test_metric"):
+            numbers[result["test_metric"]] = result.get("best_test_metric")
+        stdout.print(f"best trial {result['best_trial']}:" + _numbers(numbers, tuple(numbers)))
     if record.last_error:
         stdout.print("last error:", style="red", end=" ")
         stdout.print(record.last_error)
@@ -252,21 +249,27 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(values: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """`   val bits/dim 1.2345   test bits/dim 1.2400` for the keys that hold a number."""
+    shown = [
+        f"   {key.replace('_bits_per_dim', ' bits/dim')} {values[key]:.4f}"
+        for key in keys
+        if isinstance(values.get(key), int | float)
+    ]
+    return "".join(shown)
+
+
 def cancel(args: argparse.Namespace) -> int:
-    queue, _ = open_queue()
-    new_status = queue.cancel(args.job_id)
-    return _print_status(args, new_status)
+    return _print_status(args, open_client().job(args.job_id).cancel())
 
 
 def retry(args: argparse.Namespace) -> int:
-    queue, _ = open_queue()
-    queue.retry(args.job_id)
+    open_client().job(args.job_id).retry()
     return _print_status(args, JobStatus.QUEUED)
 
 
 def set_priority(args: argparse.Namespace) -> int:
-    queue, _ = open_queue()
-    queue.set_priority(args.job_id, args.priority)
+    open_client().job(args.job_id).set_priority(args.priority)
     if args.json:
         print(json.dumps({"job_id": args.job_id, "priority": args.priority}))
     else:
@@ -283,15 +286,14 @@ def _print_status(args: argparse.Namespace, new_status: JobStatus) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
-    _, store = open_queue()
-    store.get(args.job_id)  # an unknown job is an error, not an empty log
+    job = open_client().job(args.job_id)  # an unknown job is an error, not an empty log
     # One cursor for the tail and the follow, so no line is skipped or printed twice.
-    printed = max(0, store.log_length(args.job_id) - args.tail)
+    printed = max(0, job.log_length() - args.tail)
     while True:
         # The status is read before the lines: a job that ends after this read shows its
         # last lines on the next pass before the loop stops.
-        record = store.get(args.job_id)
-        new_lines = store.logs_since(args.job_id, printed)
+        record = job.record()
+        new_lines = job.logs_since(printed)
         for line in new_lines:
             print(line)
         sys.stdout.flush()
@@ -302,13 +304,11 @@ def logs(args: argparse.Namespace) -> int:
 
 
 def samples(args: argparse.Namespace) -> int:
-    _, store = open_queue()
-    store.get(args.job_id)  # a clear error for an unknown job before creating folders
+    job = open_client().job(args.job_id)  # an unknown job is an error before a folder is made
     args.out.mkdir(parents=True, exist_ok=True)
     written = 0
-    for ref in store.list_images(args.job_id):
-        path = args.out / f"{ref.name}-epoch{ref.epoch:03d}.png"
-        path.write_bytes(store.get_image(args.job_id, ref.name, ref.epoch))
+    for ref in job.images():
+        (args.out / f"{ref.name}-epoch{ref.epoch:03d}.png").write_bytes(job.png(ref))
         written += 1
     print(f"wrote {written} PNG file(s) to {args.out}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cluster.cli_errors import UserError
-from cluster.cli_jobs import read_spec
+from genfleet.specs import as_spec
 from jobs.settings import Settings
 
 
@@ -22,7 +22,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = read_spec(args.spec)
+    spec = as_spec(args.spec)
     if spec.kind != "train":
         raise UserError(
             f"{args.spec}: kind: run-local runs train specs, got {spec.kind!r}; "

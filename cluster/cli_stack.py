@@ -64,15 +64,18 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _dispatcher(settings: Settings, args: argparse.Namespace) -> tuple[Any, str | None]:
-    from cluster.cli_jobs import open_queue
+    from cluster.cli_jobs import open_client
     from cluster.dispatcher import Dispatcher
     from cluster.ray_runtime import connect_ray
 
-    queue, store = open_queue()
+    client = open_client()
     ray_dashboard = connect_ray(args.ray_address or settings.ray_address)
     lease = getattr(args, "lease_seconds", 30.0)
     poll = getattr(args, "poll_seconds", 0.5)
-    return Dispatcher(queue, store, settings, lease_seconds=lease, poll_seconds=poll), ray_dashboard
+    dispatcher = Dispatcher(
+        client.queue, client.store, settings, lease_seconds=lease, poll_seconds=poll
+    )
+    return dispatcher, ray_dashboard
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -93,24 +96,27 @@ def dashboard(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.cli_jobs import open_queue
+    from cluster.cli_jobs import open_client
     from jobs.redis_server import describe_url
 
     settings = Settings.from_env()
-    queue, _ = open_queue()
-    stderr.print(f"redis      {describe_url(queue.redis)}")
+    client = open_client()
+    stderr.print(f"redis      {describe_url(client.redis)}")
     # The dashboard starts first: a bind it refuses stops `up` before Ray is started for nothing.
     process = None if args.no_dashboard else _start_dashboard(settings)
     try:
         dispatcher, ray_dashboard = _dispatcher(settings, args)
         stop = _stop_on_signals()
         stderr.print(f"ray        {_as_url(ray_dashboard) or 'connected'}")
+        # Ray's own CLI needs to be told that this cluster checks tokens (README, "Ray's tools").
+        gcs = ray.get_runtime_context().gcs_address
+        stderr.print(f"ray tools  RAY_AUTH_MODE=token ray status --address {gcs}")
         if process is not None:
             stderr.print(
                 f"dashboard  http://{settings.dashboard_address}:{settings.dashboard_port}"
             )
         if args.demo:
-            _submit_demo_jobs(queue)
+            _submit_demo_jobs(client)
         stderr.print(
             "submit with: genfleet submit jobs/examples/pixelcnn_digits.yaml; Ctrl-C stops all"
         )
@@ -153,13 +159,11 @@ def _port_is_free(address: str, port: int) -> bool:
     return True
 
 
-def _submit_demo_jobs(queue: Any) -> None:
-    from cluster.cli_jobs import read_spec
-
+def _submit_demo_jobs(client: Any) -> None:
     for name in DEMO_SPECS:
         # A fixed key: a second `up --demo` on the same Redis queues no second copy.
-        job_id = queue.submit(read_spec(EXAMPLES / name), idempotency_key=f"demo-{name}")
-        stderr.print(f"demo job   {job_id} ({name})")
+        job = client.submit(EXAMPLES / name, idempotency_key=f"demo-{name}")
+        stderr.print(f"demo job   {job.id} ({name})")
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -6,6 +6,8 @@ One loop, a tick every `poll_seconds`:
 3. claim jobs that fit the free resources and start a runner actor for each,
 4. for every job it runs: renew the lease, relay progress into the store, act on cancel,
    record success or failure.
+A run it stops or finds dead never closed its trackers: for each one, the dispatcher ends the
+job's MLflow runs still RUNNING (KILLED or FAILED), in a thread that does not hold up the tick.
 Several dispatchers may share one Redis and one Ray cluster: claims are atomic in Redis and
 free resources are counted from every running job in the store, whoever started it.
 """
@@ -33,13 +35,17 @@ from jobs.keys import DISPATCHER_STATUS_TTL_SECONDS
 from jobs.queue import JobQueue
 from jobs.records import JobStatus, LeaseLost
 from jobs.settings import Settings
+from jobs.spec import JobSpec
 from jobs.store import JobStore
+from trainers.trackers import RunOutcome, end_open_runs
 
 log = logging.getLogger("genfleet.dispatcher")
 
 NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
+# How the reaper leaves a job whose dispatcher died, and so how that attempt's runs end.
+REAPED_OUTCOMES = {JobStatus.QUEUED: RunOutcome.KILLED, JobStatus.DEAD: RunOutcome.FAILED}
 
 
 @dataclass
@@ -49,6 +55,8 @@ class ActiveJob:
     result: ray.ObjectRef
     relay: Any
     needs: Resources
+    spec: JobSpec
+    attempt: int  # the queue's count of claims, which tags the run's MLflow runs
     lease_renewed_at: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
@@ -93,7 +101,7 @@ class Dispatcher:
     def tick(self) -> None:
         now = time.monotonic()
         if now - self._last_housekeeping >= max(2.0, self.poll_seconds):
-            self.queue.requeue_expired(still_running=is_running_on_ray)
+            self._end_reaped_runs(self.queue.requeue_expired(still_running=is_running_on_ray))
             self._explain_waiting_jobs()
             self._publish_cluster_status()
             self._last_housekeeping = now
@@ -156,13 +164,13 @@ class Dispatcher:
         relay = Relay.remote()
         try:
             runner, result = start_runner(
-                job_id, spec, relay, self.settings.storage, str(self.settings.data_dir)
+                job_id, attempt, spec, relay, self.settings.storage, str(self.settings.data_dir)
             )
         except ValueError:  # the runner's name is taken: the job still runs under another owner
             self.store.append_event(job_id, "already running on Ray; not started twice")
             return
         needs = Resources(cpus=spec.needs_cpus, gpus=spec.needs_gpus)
-        self.active[job_id] = ActiveJob(job_id, runner, result, relay, needs)
+        self.active[job_id] = ActiveJob(job_id, runner, result, relay, needs, spec, attempt)
         verb = "resuming from its last checkpoint" if attempt > 1 else "starting"
         self.store.append_log(job_id, f"[dispatcher {self.worker_id}] attempt {attempt}: {verb}")
 
@@ -205,6 +213,7 @@ class Dispatcher:
         if self.queue.is_cancel_requested(job.job_id):
             self._stop_runs([job])
             self.queue.mark_cancelled(job.job_id, self.worker_id)
+            self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.KILLED)
             self._forget(job)
             return
         ready, _ = ray.wait([job.result], timeout=0)
@@ -215,6 +224,7 @@ class Dispatcher:
             if not self.queue.renew_lease(job.job_id, self.worker_id, self.lease_seconds):
                 log.warning("lost the lease on %s; stopping our copy", job.job_id)
                 self._stop_runs([job])
+                self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.KILLED)
                 self._forget(job)
                 return
             job.lease_renewed_at = time.monotonic()
@@ -238,14 +248,45 @@ class Dispatcher:
                 log.warning(
                     "job %s failed after we lost its lease; its new owner decides", job.job_id
                 )
+            # A killed worker (its Ray actor died) closed no tracker.
+            self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.FAILED)
         else:
             self._relay(job)
             if job.fatal_error is not None:
                 self.queue.fail(job.job_id, self.worker_id, job.fatal_error, None, retryable=False)
+                self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.FAILED)
             else:
                 result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}
                 self.queue.complete(job.job_id, self.worker_id, result)
         self._forget(job)
+
+    def _end_reaped_runs(self, job_ids: list[str]) -> None:
+        """The reaped jobs' workers died with their dispatcher, before closing any tracker."""
+        for record in self.store.get_many(job_ids):
+            outcome = REAPED_OUTCOMES.get(record.status)  # None: claimed again already
+            if outcome is not None:
+                self._end_tracker_runs(record.id, record.job_spec(), record.attempts, outcome)
+
+    def _end_tracker_runs(
+        self, job_id: str, spec: JobSpec, attempt: int, outcome: RunOutcome
+    ) -> None:
+        """End the job's MLflow runs up to `attempt` still RUNNING, as `outcome`.
+
+        In a thread of its own: a slow tracking server must not hold up the other jobs' leases.
+        A daemon, so a dispatcher that stops does not wait for it.
+        """
+        if spec.logging.mlflow is None:
+            return
+
+        def log_line(line: str) -> None:
+            self.store.append_log(job_id, f"[dispatcher {self.worker_id}] {line}")
+
+        threading.Thread(
+            target=end_open_runs,
+            args=(spec, job_id, attempt, outcome, log_line),
+            name=f"end-mlflow-runs-{job_id}",
+            daemon=True,
+        ).start()
 
     def _forget(self, job: ActiveJob) -> None:
         self.active.pop(job.job_id, None)

@@ -18,7 +18,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cluster.ray_runtime import NAMESPACE
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, SpecError, missing_tracker_packages
 from trainers.ray_adapter import train_loop_per_worker
 
 # Ray Train's controller collects a worker's report only every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
@@ -86,10 +86,28 @@ class JobRunner:
     """Drives one job's Ray Train run or Tune experiment from inside the cluster."""
 
     def run(
-        self, job_id: str, spec_json: dict[str, Any], relay: Any, storage: str, data_dir: str
+        self,
+        job_id: str,
+        attempt: int,
+        spec_json: dict[str, Any],
+        relay: Any,
+        storage: str,
+        data_dir: str,
     ) -> dict[str, Any]:
         spec = JobSpec.model_validate(spec_json)
-        loop_config = {"relay": relay, "data_dir": data_dir, "trial": None}
+        missing = missing_tracker_packages(spec.logging)
+        if missing:
+            # The client checked where the spec was submitted; this cluster may still lack the
+            # extra, and every retry would too: a fatal report fails the job without one.
+            ray.get(relay.put.remote("fatal", {"trial": None, "error": str(SpecError(missing))}))
+            return {}
+        loop_config = {
+            "relay": relay,
+            "data_dir": data_dir,
+            "job_id": job_id,  # the job and its attempt tag its MLflow runs
+            "attempt": attempt,
+            "trial": None,
+        }
         if spec.kind == "sweep":
             from cluster.sweep import run_sweep  # Tune is only imported for sweeps
 
@@ -97,16 +115,24 @@ class JobRunner:
         result = build_trainer(spec, job_id, storage, loop_config).fit()
         return {
             "metrics": _plain_metrics(result.metrics),
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "storage": result.path,
+            "checkpoint": _as_uri(result.checkpoint.path, storage) if result.checkpoint else None,
+            "storage": _as_uri(result.path, storage),
         }
 
 
+def _as_uri(path: str, storage: str) -> str:
+    """Ray reports paths inside object storage without their scheme (`bucket/run/...`); put
+    back the storage's, so `genfleet evaluate JOB` can read the checkpoint where it lies."""
+    scheme, found, _ = storage.partition("://")
+    return f"{scheme}://{path}" if found and "://" not in path else path
+
+
 def start_runner(
-    job_id: str, spec: JobSpec, relay: Any, storage: str, data_dir: str
+    job_id: str, attempt: int, spec: JobSpec, relay: Any, storage: str, data_dir: str
 ) -> tuple[Any, ray.ObjectRef]:
     runner = JobRunner.options(name=runner_name(job_id), namespace=NAMESPACE).remote()
-    result = runner.run.remote(job_id, spec.model_dump(mode="json"), relay, storage, data_dir)
+    spec_json = spec.model_dump(mode="json")
+    result = runner.run.remote(job_id, attempt, spec_json, relay, storage, data_dir)
     return runner, result
 
 

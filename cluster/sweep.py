@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from cluster.job_runner import build_trainer
+from jobs.records import TrialStatus
 from jobs.spec import (
     Choice,
     Grid,
@@ -95,12 +96,16 @@ def run_sweep(
         "best_config": _plain(best.config),
         "best_metric": (best.metrics or {}).get(sweep.metric),
         "metric": sweep.metric,
+        # Chosen on val, reported on test: the number that stands beside a paper's table.
+        "best_test_metric": (best.metrics or {}).get(sweep.test_metric or ""),
+        "test_metric": sweep.test_metric,
         "trials": len(results),
         "errors": len(results.errors),
     }
     line = (
         f"sweep finished: {summary['trials']} trials, {summary['errors']} failed; best "
         f"{summary['best_trial']} with {sweep.metric} {summary['best_metric']}"
+        + (f", {sweep.test_metric} {summary['best_test_metric']}" if sweep.test_metric else "")
     )
     # Waited for: `TrialRelay`'s messages from this process then are in the relay too (one
     # caller's actor calls run in order), before the dispatcher drains it for the last time.
@@ -165,27 +170,32 @@ class TrialRelay(tune.Callback):
         self.spec = spec
 
     def _send(
-        self, trial: Any, status: str, reason: str | None = None, result: dict | None = None
+        self,
+        trial: Any,
+        status: TrialStatus,
+        reason: str | None = None,
+        result: dict | None = None,
     ) -> None:
         sweep = self.spec.sweep
         assert sweep is not None
         last = result or trial.last_result or {}
         info = {
             "config": _plain(trial.config),
-            "status": status,
+            "status": status.value,
             "metric": last.get(sweep.metric),
+            "test_metric": last.get(sweep.test_metric or ""),
             "iterations": last.get("epoch", 0),
             "reason": reason,
         }
         _relay_by_job[self.job_id].put.remote("trial", {"trial": trial.trial_id, "info": info})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._send(trial, "running")
+        self._send(trial, TrialStatus.RUNNING)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        self._send(trial, "running")
+        self._send(trial, TrialStatus.RUNNING)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = (trial.last_result or {}).get("epoch", 0)
@@ -194,12 +204,14 @@ class TrialRelay(tune.Callback):
                 f"stopped early by ASHA after epoch {done}: below the top "
                 f"1/{ASHA_REDUCTION_FACTOR} of trials at that rung"
             )
-            self._send(trial, "stopped", reason)
+            self._send(trial, TrialStatus.STOPPED, reason)
         else:
-            self._send(trial, "completed")
+            self._send(trial, TrialStatus.COMPLETED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._send(trial, "error", str(getattr(trial, "error_file", "") or "trial failed"))
+        self._send(
+            trial, TrialStatus.ERROR, str(getattr(trial, "error_file", "") or "trial failed")
+        )
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

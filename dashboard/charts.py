@@ -8,7 +8,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 AXES = ("epoch", "step")
-BITS_PER_DIM = ("train_bits_per_dim", "val_bits_per_dim")
+# Test is one point after the last epoch (or every `test_every`), drawn beside the curves.
+BITS_PER_DIM = ("train_bits_per_dim", "val_bits_per_dim", "test_bits_per_dim")
 NOT_CURVES = {*AXES, "lr", "images_per_s", "time", "timestamp"}
 
 

@@ -25,10 +25,9 @@ def form_fields(model: type[BaseModel], names: list[str] | None = None) -> dict[
     }
 
 
-def field_input(label: str, field: FieldInfo, key: str) -> Any:
-    """Render the widget for one field and return its value."""
+def field_input(label: str, field: FieldInfo, key: str, default: Any) -> Any:
+    """Render the widget for one field, starting at `default`, and return its value."""
     annotation = field.annotation
-    default = field.get_default(call_default_factory=True)
     if annotation is bool:
         return st.checkbox(label, value=default, key=key, help=field.description)
     if get_origin(annotation) is Literal:

@@ -20,10 +20,13 @@ from dashboard.spec_builder import (
 )
 from dashboard.spec_review import review_and_submit
 from jobs.model_params import PARAMS_BY_MODEL
+from jobs.recipes import RECIPES
 from jobs.spec import DATASETS, ScalingSpec, SweepSpec, TrainSpec
 
 SPACE_KEY = "form.space"
-TRAIN_FIELDS = ["epochs", "batch_size", "lr", "optimizer", "lr_schedule", "seed"]
+TRAIN_FIELDS = [
+    "epochs", "batch_size", "lr", "optimizer", "lr_schedule", "warmup_steps", "ema_decay", "seed"
+]  # fmt: skip
 SCALING_FIELDS = ["num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker"]
 SWEEP_FIELDS = [
     "metric",
@@ -36,12 +39,19 @@ SWEEP_FIELDS = [
 ]
 
 
-def fields_grid(model: Any, key: str, names: list[str] | None = None) -> dict[str, Any]:
+def fields_grid(
+    model: Any,
+    key: str,
+    names: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A widget per field, starting at `defaults` where given, else at the field's default."""
     columns = st.columns(3)
     values = {}
     for index, (name, field) in enumerate(form_fields(model, names).items()):
         with columns[index % len(columns)]:
-            values[name] = field_input(name, field, f"{key}.{name}")
+            start = (defaults or {}).get(name, field.get_default(call_default_factory=True))
+            values[name] = field_input(name, field, f"{key}.{name}", start)
     return values
 
 
@@ -102,7 +112,10 @@ def form_builder(edit_as_yaml: Callable[[str], None]) -> None:
     st.markdown("**Model parameters**")
     params = fields_grid(PARAMS_BY_MODEL[model_type], f"form.params.{model_type}")
     st.markdown("**Training**")
-    train = fields_grid(TrainSpec, "form.train", TRAIN_FIELDS)
+    # Each model's default recipe (jobs/recipes.py) fills the form, as it fills a YAML spec.
+    train = fields_grid(
+        TrainSpec, f"form.train.{model_type}", TRAIN_FIELDS, RECIPES.get(model_type, {})
+    )
     with st.expander("Resources"):
         scaling = fields_grid(ScalingSpec, "form.scaling", SCALING_FIELDS)
     sweep, space = None, None

@@ -27,6 +27,26 @@ def progress_fraction(record: JobRecord) -> float | None:
     return min(epoch / epochs, 1.0)
 
 
+def bits_per_dim(record: JobRecord) -> tuple[float | None, float | None]:
+    """Val and test bits/dim: a run's latest, a sweep's best trial's (chosen on val)."""
+    if record.kind == "sweep":
+        result = record.result
+        if result.get("metric") != "val_bits_per_dim":
+            return None, None
+        return result.get("best_metric"), result.get("best_test_metric")
+    return record.progress.get("val_bits_per_dim"), record.progress.get("test_bits_per_dim")
+
+
+def latest_bits_per_dim(rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The last val and test bits/dim in a run's metric rows (test comes after the last epoch)."""
+    latest: list[float | None] = [None, None]
+    for row in rows:
+        for index, key in enumerate(("val_bits_per_dim", "test_bits_per_dim")):
+            if isinstance(row.get(key), int | float):
+                latest[index] = row[key]
+    return latest[0], latest[1]
+
+
 def job_row(record: JobRecord, now: float) -> dict[str, Any]:
     return {
         "id": job_url(record.id),
@@ -37,7 +57,7 @@ def job_row(record: JobRecord, now: float) -> dict[str, Any]:
         "priority": record.priority,
         "attempts": f"{record.attempts}/{record.max_attempts}",
         "progress": progress_fraction(record),
-        "val bits/dim": record.progress.get("val_bits_per_dim"),
+        **dict(zip(("val bits/dim", "test bits/dim"), bits_per_dim(record), strict=True)),
         "age": format_age(now - record.created_at),
         "why waiting": record.pending_reason if record.status is JobStatus.QUEUED else "",
     }

@@ -44,7 +44,12 @@ class PixelCNNPPParams(Params):
     nr_filters: int = Field(32, ge=4, le=512)
     nr_logistic_mix: int = Field(5, ge=1, le=20)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the weight EMA")
+    weight_norm: bool = Field(
+        False, description="weight-normalise every convolution (paper section 3)"
+    )
+    conditional: bool = Field(
+        False, description="condition every gated resnet on the class label (Gated PixelCNN 2.3)"
+    )
 
 
 class PixelRNNParams(Params):

@@ -31,6 +31,19 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+class TrialStatus(StrEnum):
+    """A sweep trial's status as the Sweep page and the client show it (cluster/sweep.py)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # early, by the scheduler (ASHA)
+    ERROR = "error"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not TrialStatus.RUNNING
+
+
 class JobNotFound(LookupError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}")

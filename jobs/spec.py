@@ -7,8 +7,10 @@ error a user sees names the field path, the bad value, what is allowed, and the 
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -22,10 +24,17 @@ from pydantic import (
 
 from jobs.limits import limits
 from jobs.model_params import PARAMS_BY_MODEL, Params
+from jobs.recipes import with_recipe_defaults
 from jobs.spec_errors import FieldError, SpecError, describe_error, format_validation_error
 from jobs.yaml_source import YamlSource, parse_yaml
 
 DATASETS = ("digits", "mnist", "binarized_mnist", "fashion_mnist", "cifar10", "image_folder")
+# Every dataset is split three ways: train, val (selection: sweeps, schedulers) and test (what
+# a paper's table reports; the loop evaluates it after the last epoch).
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+# Papers report these datasets' official test split; the others hold one out (trainers/data.py).
+DATASETS_WITH_TEST_SPLIT = ("mnist", "binarized_mnist", "fashion_mnist", "cifar10")
 # Every value a search domain lists is validated as a whole spec, so these bound the work one
 # submitted spec can cause (a 64 KiB spec could otherwise list 16,000 values: seconds of CPU).
 MAX_DOMAIN_VALUES = 100
@@ -57,7 +66,16 @@ class DataSpec(Section):
         None, description="folder under GENFLEET_DATA_DIR (default: a per-dataset cache folder)"
     )
     download: bool = False
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="share of the non-test images held out for selection"
+    )
+    test_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="digits, image_folder: share held out as the fixed test split (0.1 if "
+        "unset); the other datasets test on their official split",
+    )
     image_size: int = Field(32, ge=4, le=256, description="image_folder only: resize to this")
     grayscale: bool = Field(False, description="image_folder only: convert to one channel")
 
@@ -71,6 +89,15 @@ class DataSpec(Section):
             raise ValueError("must be a relative folder under GENFLEET_DATA_DIR, without '..'")
         return root
 
+    @model_validator(mode="after")
+    def _test_fraction_only_without_official_test(self) -> DataSpec:
+        if self.test_fraction is not None and self.dataset in DATASETS_WITH_TEST_SPLIT:
+            raise ValueError(
+                f"test_fraction: {self.dataset} is tested on its official test split; "
+                "test_fraction applies to digits and image_folder"
+            )
+        return self
+
 
 class TrainSpec(Section):
     epochs: int = Field(5, ge=1)
@@ -82,10 +109,22 @@ class TrainSpec(Section):
     lr_decay: float = Field(
         0.9995, gt=0.0, le=1.0, description="exponential schedule: lr factor applied every step"
     )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="steps of linear lr warm-up before the schedule; a run shorter than its "
+        "warm-up only warms up",
+    )
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="evaluate and sample with an EMA of the weights; 0: off"
+    )
     grad_clip: float | None = Field(None, gt=0.0, description="max global grad norm")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_every: int = Field(1, ge=1, description="epochs")
+    test_every: int | None = Field(
+        None, ge=1, description="epochs; the test split is always evaluated after the last one"
+    )
     sample_every: int = Field(1, ge=1, description="epochs; fixed seed, grids compare")
     num_samples: int = Field(64, ge=1)
     checkpoint_every: int = Field(1, ge=1, description="epochs")
@@ -128,6 +167,54 @@ class ScalingSpec(Section):
     @property
     def gpus(self) -> float:
         return self.num_workers * self.gpus_per_worker if self.use_gpu else 0.0
+
+
+# Experiment trackers a spec can turn on under `logging` (issue 16). Each one's name is also the
+# package it needs and the genfleet extra that installs it: `pip install 'genfleet[mlflow]'`.
+TRACKERS = ("tensorboard", "mlflow")
+# A tracking server only: a file store would let whoever submits a spec choose where the
+# workers write (SECURITY.md, "No file name is taken from a user").
+TRACKING_URI_SCHEMES = ("http", "https")
+
+
+class MlflowSpec(Section):
+    tracking_uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="an MLflow server, http(s)://host:port, as seen from where the run trains",
+    )
+    experiment: str = Field("genfleet", min_length=1, max_length=200, pattern=r"^\w[\w.\-/: ]*$")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _a_tracking_server(cls, uri: str) -> str:
+        if not uri.isprintable():
+            raise ValueError("must not hold control characters")
+        parts = urlsplit(uri)
+        if parts.scheme not in TRACKING_URI_SCHEMES:
+            raise ValueError(f"must be an MLflow server's http(s)://host:port URL, got {uri!r}")
+        if not parts.hostname:
+            raise ValueError(f"needs a host, got {uri!r}")
+        if parts.username or parts.password:
+            # Specs are stored and shown in the dashboard; MLflow reads secrets from the env.
+            raise ValueError(
+                "must not hold credentials; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) where the run trains"
+            )
+        return uri
+
+
+class LoggingSpec(Section):
+    tensorboard: bool = Field(
+        False, description="event files under the run's storage, for `tensorboard --logdir`"
+    )
+    mlflow: MlflowSpec | None = None
+
+    @property
+    def trackers(self) -> list[str]:
+        """The TRACKERS this spec turns on."""
+        asked = {"tensorboard": self.tensorboard, "mlflow": self.mlflow is not None}
+        return [name for name in TRACKERS if asked[name]]
 
 
 class Choice(Section):
@@ -179,6 +266,10 @@ class SweepSpec(Section):
     def concurrent_trials(self) -> int:
         return min(self.max_concurrent, self.trials)
 
+    @property
+    def test_metric(self) -> str | None:
+        return test_metric_of(self.metric)
+
     @model_validator(mode="after")
     def _domains_fit_search(self) -> SweepSpec:
         for key, domain in self.space.items():
@@ -195,6 +286,18 @@ class SweepSpec(Section):
         return self
 
 
+# Measured on val alone: FCD compares samples with val images (trainers/loop.py).
+VAL_ONLY_METRICS = ("val_fcd",)
+
+
+def test_metric_of(metric: str) -> str | None:
+    """What a trial chosen on a val metric reports beside it: its test split counterpart
+    (`val_bits_per_dim` -> `test_bits_per_dim`), if it has one."""
+    if not metric.startswith("val_") or metric in VAL_ONLY_METRICS:
+        return None
+    return "test_" + metric.removeprefix("val_")
+
+
 class JobSpec(Section):
     name: str = Field("job", min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][\w.\- ]*$")
     kind: Literal["train", "sweep"] = "train"
@@ -204,6 +307,7 @@ class JobSpec(Section):
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
     sweep: SweepSpec | None = None
 
     @property
@@ -218,6 +322,11 @@ class JobSpec(Section):
     @property
     def needs_gpus(self) -> float:
         return self.concurrent_runs * self.scaling.gpus
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_fills_unset_train_fields(cls, data: Any) -> Any:
+        return with_recipe_defaults(data)
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
@@ -253,7 +362,24 @@ def validate_spec_dict(data: Any, source: YamlSource | None = None) -> JobSpec:
         errors = _check_search_space(data, spec.sweep)
         if errors:
             raise SpecError([error.located(source) for error in errors])
+    missing = missing_tracker_packages(spec.logging)
+    if missing:
+        raise SpecError([error.located(source) for error in missing])
     return spec
+
+
+def missing_tracker_packages(section: LoggingSpec) -> list[FieldError]:
+    """A tracker the spec turns on whose package is not installed here, found without importing it.
+
+    Checked where a spec is submitted or run, and again by the job's runner on the cluster, not
+    in JobSpec's validators: stored specs are revalidated wherever they are read (the dashboard,
+    `genfleet jobs`), also without the package.
+    """
+    return [
+        FieldError(f"logging.{name}", f"needs the {name} package; pip install 'genfleet[{name}]'")
+        for name in section.trackers
+        if importlib.util.find_spec(name) is None
+    ]
 
 
 def load_spec_text(text: str | bytes, source_name: str = "<spec>") -> JobSpec:

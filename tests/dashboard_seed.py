@@ -55,13 +55,19 @@ def sample_grid_png(epoch: int, seed: int = 0) -> bytes:
     return output.getvalue()
 
 
-def metrics_row(epoch: int, offset: float = 0.0) -> dict[str, float | int]:
-    return {
+TEST_GAP = 0.05  # seeded test bits/dim sit this far above val
+
+
+def metrics_row(epoch: int, offset: float = 0.0, last: bool = False) -> dict[str, float | int]:
+    """One epoch's row; the last epoch's also holds test bits/dim, as the loop reports it."""
+    val = 3.2 / epoch + 1.1 + offset
+    row: dict[str, float | int] = {
         "epoch": epoch,
         "step": epoch * 20,
         "train_bits_per_dim": 3.0 / epoch + 1.0 + offset,
-        "val_bits_per_dim": 3.2 / epoch + 1.1 + offset,
+        "val_bits_per_dim": val,
     }
+    return {**row, "test_bits_per_dim": val + TEST_GAP} if last else row
 
 
 def claim_submitted(queue: JobQueue, job_spec: JobSpec) -> str:
@@ -84,7 +90,7 @@ def seed_trained_job(
     """A job with a metrics row, an image per name, a log line and a checkpoint per epoch."""
     job_id = claim_submitted(queue, spec(name, train={"epochs": epochs}))
     for epoch in range(1, epochs + 1):
-        store.append_metrics(job_id, metrics_row(epoch, offset))
+        store.append_metrics(job_id, metrics_row(epoch, offset, last=finish and epoch == epochs))
         for image_name in image_names:
             store.put_image(job_id, image_name, epoch, sample_grid_png(epoch))
         store.append_log(job_id, f"epoch {epoch}: val_bits_per_dim {3.2 / epoch + 1.1:.3f}")
@@ -94,9 +100,12 @@ def seed_trained_job(
     return job_id
 
 
-def seed_sweep(queue: JobQueue, store: JobStore, trial_metrics: list[float | None]) -> str:
+def seed_sweep(
+    queue: JobQueue, store: JobStore, trial_metrics: list[float | None], finish: bool = False
+) -> str:
     """A sweep whose trials end at `trial_metrics`; a None trial was stopped before any
-    evaluation, and the first trial was stopped early by ASHA after epoch 1."""
+    evaluation, and the first trial was stopped early by ASHA after epoch 1. Completed trials
+    report test bits/dim TEST_GAP above their metric; a finished sweep names its best."""
     sweep = {"space": {"train.lr": {"loguniform": [0.0001, 0.01]}}}
     job_id = claim_submitted(queue, spec("sweep", sweep=sweep))
     for index, metric in enumerate(trial_metrics):
@@ -113,17 +122,29 @@ def seed_sweep(queue: JobQueue, store: JobStore, trial_metrics: list[float | Non
                 },
                 "status": "stopped" if stopped else "completed",
                 "metric": metric,
+                "test_metric": None if stopped else metric + TEST_GAP,
                 "iterations": epochs,
                 "reason": "stopped early by ASHA after epoch 1" if stopped else None,
             },
         )
         for epoch in range(1, epochs + 1):
             # The curve ends at the trial's metric, as Tune's last result does.
-            row = metrics_row(
-                epoch, offset=(metric or 3.0) - metrics_row(epochs)["val_bits_per_dim"]
-            )
+            offset = (metric or 3.0) - metrics_row(epochs)["val_bits_per_dim"]
+            row = metrics_row(epoch, offset, last=not stopped and epoch == epochs)
             store.append_metrics(job_id, row, trial=trial_id)
             store.put_image(job_id, "samples", epoch, sample_grid_png(epoch), trial=trial_id)
+    if finish:
+        scored = [(m, i) for i, m in enumerate(trial_metrics) if m is not None and i > 0]
+        best_metric, best_index = min(scored)
+        summary = {
+            "best_trial": f"trial_{best_index:02d}",
+            "best_config": {"train.lr": 10.0 ** -(2 + best_index)},
+            "best_metric": best_metric,
+            "metric": "val_bits_per_dim",
+            "best_test_metric": best_metric + TEST_GAP,
+            "test_metric": "test_bits_per_dim",
+        }
+        assert queue.complete(job_id, WORKER, summary)
     return job_id
 
 

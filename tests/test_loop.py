@@ -23,22 +23,23 @@ from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.data import load_dataset
 from trainers.likelihood import categorical_nll, sample_categorical
 from trainers.loop import NonFiniteLossError, RunContext, TrainingCancelled, TrainingRun, train_job
+from trainers.models import build_model
 from trainers.optim import WeightEMA
 from trainers.reporter import FolderReporter
 from trainers.run_local import run_local
 
 
 class TinyParams(Params):
-    ema_decay: float = 0.5
+    """PixelLogits has no hyperparameters."""
 
 
 class PixelLogits(GenerativeModel):
     """An independent softmax per sub-pixel. Noise on the logits while training draws from the
-    global torch RNG, and the weight EMA is on, so a resume must restore both."""
+    global torch RNG, and `digits_spec()` turns the weight EMA on, so a resume must restore
+    both."""
 
     name = "pixel_logits"
     objective = "exact_likelihood"
-    uses_ema = True
 
     def __init__(self, params: Params, shape: ImageShape, num_classes: int) -> None:
         super().__init__(params, shape, num_classes)
@@ -110,8 +111,15 @@ class RecordingReporter:
         self.lines.append(line)
 
 
+# Runs of the tiny PixelLogits (no `model` given): EMA on, full rate from the first step,
+# whatever pixelcnn's recipe says.
+PIXEL_LOGITS_TRAIN = {"ema_decay": 0.5, "warmup_steps": 0}
+
+
 def digits_spec(model: dict[str, Any] | None = None, **train: Any) -> JobSpec:
     settings = {"epochs": 2, "batch_size": 64, "max_steps_per_epoch": 5, "num_samples": 16}
+    if model is None:
+        settings |= PIXEL_LOGITS_TRAIN
     return JobSpec.model_validate(
         {
             "model": model or {"type": "pixelcnn"},
@@ -140,7 +148,8 @@ def test_tiny_run_reports_finite_metrics_every_epoch(tmp_path: Path, pixel_logit
     assert final == reporter.epochs[-1]
     expected = {"epoch", "step", "lr", "images_per_s", "train_loss", "train_nll_nats"}
     expected |= {"train_bits_per_dim", "val_loss", "val_nll_nats", "val_bits_per_dim"}
-    assert set(final) == expected
+    assert set(reporter.epochs[0]) == expected  # test is evaluated after the last epoch only
+    assert set(final) == expected | {"test_loss", "test_nll_nats", "test_bits_per_dim"}
     assert all(math.isfinite(value) for value in final.values())
     assert final["lr"] == pytest.approx(0.05 * 0.9**10)
     assert final["val_bits_per_dim"] < reporter.epochs[0]["val_bits_per_dim"] < math.log2(17)
@@ -149,11 +158,12 @@ def test_tiny_run_reports_finite_metrics_every_epoch(tmp_path: Path, pixel_logit
     assert info["likelihood"] == "exact" and info["objective"] == "exact_likelihood"
     assert (info["levels"], info["dims"], info["binarization"]) == (17, 64, "none")
     assert info["parameters"] == 17 * 64
-    assert (info["train_images"], info["val_images"]) == (1617, 180)
+    assert (info["train_images"], info["val_images"], info["test_images"]) == (1455, 162, 180)
+    assert info["test_split"].startswith("held out: 0.1 of the images")
 
 
 def test_val_bits_per_dim_sums_the_whole_val_set(tmp_path: Path, pixel_logits: None) -> None:
-    spec = digits_spec(epochs=1, batch_size=64)  # 180 val images: batches of 64, 64 and 52
+    spec = digits_spec(epochs=1, batch_size=64)  # 162 val images: batches of 64, 64 and 34
     metrics = train_job(spec, RecordingReporter(), context_in(tmp_path))
 
     state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0001")
@@ -163,8 +173,33 @@ def test_val_bits_per_dim_sums_the_whole_val_set(tmp_path: Path, pixel_logits: N
     images = torch.stack([data.val[i][0] for i in range(len(data.val))])
     nll_sum = model(images, torch.zeros(len(images), dtype=torch.long))["nll_nats"].double().sum()
 
-    hand_bits_per_dim = nll_sum.item() / (180 * 64 * math.log(2))
+    hand_bits_per_dim = nll_sum.item() / (162 * 64 * math.log(2))
     assert metrics["val_bits_per_dim"] == pytest.approx(hand_bits_per_dim, rel=1e-6)
+
+
+def test_test_bits_per_dim_is_a_float64_brute_force_sum_over_the_test_split(
+    tmp_path: Path, pixel_logits: None
+) -> None:
+    spec = digits_spec(epochs=3, test_every=2)
+    reporter = RecordingReporter()
+    metrics = train_job(spec, reporter, context_in(tmp_path))
+
+    assert ["test_bits_per_dim" in row for row in reporter.epochs] == [False, True, True]
+    state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0003")
+    test = load_dataset(spec.data, tmp_path, spec.train.seed).test
+    # Each sub-pixel's probability from the trained logits, in float64, by hand, with no loss
+    # function of the product (the loop sums float32 terms, hence rel 1e-6).
+    log_probs = torch.log_softmax(state["ema"]["model"]["logits"].double(), dim=1)  # (C, L, H, W)
+    nll_nats = 0.0
+    for index in range(len(test)):
+        image = test[index][0]  # (C, H, W) levels
+        chosen = log_probs.gather(1, image.unsqueeze(1))  # (C, 1, H, W)
+        nll_nats -= chosen.sum().item()
+    assert len(test) == 180
+    hand_bits_per_dim = nll_nats / (len(test) * 64 * math.log(2))
+    assert metrics["test_bits_per_dim"] == pytest.approx(hand_bits_per_dim, rel=1e-6)
+    assert metrics["test_nll_nats"] == pytest.approx(nll_nats / len(test), rel=1e-6)
+    assert metrics["test_bits_per_dim"] != metrics["val_bits_per_dim"]
 
 
 def test_fixed_seed_samples_are_identical_across_calls(tmp_path: Path, pixel_logits: None) -> None:
@@ -188,11 +223,28 @@ def test_fixed_seed_samples_are_identical_across_calls(tmp_path: Path, pixel_log
     )
 
 
-def test_resumed_run_continues_the_same_curve(tmp_path: Path, pixel_logits: None) -> None:
-    """torchtune's test_training_state_on_resume: 4 epochs straight == 2, crash, resume 2."""
-    spec = digits_spec(epochs=4, optimizer="adamw", lr=0.05, lr_schedule="cosine")
+@pytest.mark.parametrize(
+    ("warmup_steps", "first_epoch_lr"),
+    [(3, 0.05 * (1 + math.cos(math.pi * 2 / 17)) / 2), (15, 0.05 * 6 / 15)],
+    ids=["warm-up-ends-before-the-crash", "resumes-mid-warm-up"],
+)
+def test_resumed_run_continues_the_same_curve(
+    tmp_path: Path, pixel_logits: None, warmup_steps: int, first_epoch_lr: float
+) -> None:
+    """torchtune's test_training_state_on_resume: 4 epochs straight == 2, crash, resume 2,
+    with a warm-up, a cosine decay and the weight EMA all carried over the crash."""
+    spec = digits_spec(
+        epochs=4,
+        optimizer="adamw",
+        lr=0.05,
+        lr_schedule="cosine",
+        warmup_steps=warmup_steps,
+        ema_decay=0.9,
+    )
     straight = RecordingReporter()
     train_job(spec, straight, context_in(tmp_path / "straight"))
+    assert straight.epochs[0]["lr"] == pytest.approx(first_epoch_lr)  # the 6th step's rate
+    assert straight.epochs[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
     interrupted = RecordingReporter()
     steps_done = {"count": 0}
@@ -218,6 +270,8 @@ def test_resumed_run_continues_the_same_curve(tmp_path: Path, pixel_logits: None
         without_timing(m) for m in straight.epochs[2:]
     ]
     assert resumed.images[("samples", 4)] == straight.images[("samples", 4)]
+    last = load_checkpoint(tmp_path / "crash" / "checkpoints" / "epoch-0004")
+    assert last["ema"]["updates"] == 20  # the EMA's own warm-up resumed where it stopped
 
 
 def test_checkpoint_round_trip_gives_identical_eval_loss(
@@ -271,6 +325,63 @@ def test_weight_ema_warms_up_then_decays_at_the_configured_rate() -> None:
         live.logits.fill_(2.0)
     ema.update(live)  # decay 0.999 once warmed up
     assert ema.model.logits.flatten().tolist() == pytest.approx([0.9 * 0.999 + 2 * 0.001] * 2)
+
+
+def val_bits_per_dim_with(weights: dict[str, Tensor], spec: JobSpec, data_dir: Path) -> float:
+    """Bits/dim of the val split under `weights`, by hand, outside the loop."""
+    data = load_dataset(spec.data, data_dir, spec.train.seed)
+    model = build_model(spec.model.type, spec.model.params, data.shape, data.num_classes)
+    model.load_state_dict(weights)
+    pairs = [data.val[i] for i in range(len(data.val))]  # type: ignore[arg-type]
+    images, labels = (torch.stack(column) for column in zip(*pairs, strict=True))
+    nll_nats = model.eval().evaluate(images, labels)["nll_nats"].double().mean().item()
+    return nll_nats / (data.shape.dims * math.log(2))
+
+
+def test_ema_decay_gives_any_model_averaged_weights_that_evaluation_uses(tmp_path: Path) -> None:
+    model = {"type": "pixelcnn", "params": TINY_PARAMS["pixelcnn"]}
+    spec = digits_spec(model, epochs=1, max_steps_per_epoch=4, ema_decay=0.9, num_samples=4)
+    reporter = RecordingReporter()
+    metrics = train_job(spec, reporter, context_in(tmp_path))
+
+    state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0001")
+    with_average = val_bits_per_dim_with(state["ema"]["model"], spec, tmp_path / "data")
+    with_live = val_bits_per_dim_with(state["model"], spec, tmp_path / "data")
+    assert reporter.infos[0]["ema"] == 0.9
+    assert state["ema"]["updates"] == 4
+    assert abs(with_average - with_live) > 1e-3
+    assert metrics["val_bits_per_dim"] == pytest.approx(with_average, rel=1e-5)
+
+
+def test_dcgan_ema_averages_both_networks_and_copies_batch_norm_statistics(
+    tmp_path: Path,
+) -> None:
+    model = {"type": "dcgan", "params": TINY_PARAMS["dcgan"]}
+    spec = digits_spec(model, epochs=1, max_steps_per_epoch=3, ema_decay=0.9, num_samples=4)
+    train_job(spec, RecordingReporter(), context_in(tmp_path))
+
+    state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0001")
+    live, average = state["model"], state["ema"]["model"]
+    dcgan = build_model("dcgan", spec.model.params, ImageShape(1, 8, 8, 17), 10)
+    buffers = {name for name, _ in dcgan.named_buffers()}
+    assert any(name.endswith("running_mean") for name in buffers)
+    assert all(torch.equal(live[name], average[name]) for name in buffers)
+    for network in ("generator", "discriminator"):
+        names = [name for name, _ in dcgan.named_parameters() if name.startswith(network)]
+        assert names and any(not torch.equal(live[name], average[name]) for name in names)
+
+
+def test_explicit_ema_decay_zero_turns_pixelcnn_pp_averaging_off(tmp_path: Path) -> None:
+    model = {"type": "pixelcnn_pp", "params": TINY_PARAMS["pixelcnn_pp"]}
+    averaged = TrainingRun(digits_spec(model), RecordingReporter(), context_in(tmp_path))
+    averaged.setup()
+    live = TrainingRun(digits_spec(model, ema_decay=0), RecordingReporter(), context_in(tmp_path))
+    live.setup()
+
+    assert averaged.ema is not None and averaged.ema.decay == 0.999
+    assert averaged.inference_model is averaged.ema.model
+    assert live.ema is None and live.inference_model is live.model
+    assert live.run_info()["ema"] == 0.0
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path: Path, pixel_logits: None) -> None:
@@ -359,7 +470,7 @@ def test_every_model_trains_one_short_epoch(tmp_path: Path, model_type: str) -> 
         assert {"train_discriminator_loss", "train_generator_loss", "val_fcd"} <= set(metrics)
         assert metrics["lr"] == 0.001
     if model_type == "pixelcnn_pp":
-        assert info["ema"] is True
+        assert info["ema"] == 0.999  # its default recipe's
 
 
 def ddp_worker(rank: int, world: int, folder: Path, resume_from: Path) -> None:

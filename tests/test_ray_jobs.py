@@ -14,6 +14,8 @@ import pytest
 import ray
 from ray import tune
 
+from cluster.checkpoint_evaluation import Target
+from cluster.remote_evaluation import evaluate_on_cluster
 from jobs.records import JobRecord, JobStatus
 from jobs.spec import validate_spec_dict
 from tests.ray_fixtures import Stack
@@ -60,6 +62,21 @@ def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(
     assert stack.store.checkpoints(job_id)
     assert record.result["checkpoint"] and Path(record.result["checkpoint"]).exists()
     assert sorted(worker["rank"] for worker in record.result["workers"]) == [0, 1]
+    # Test is evaluated once, after the last epoch, summed exactly over both ranks.
+    assert ["test_bits_per_dim" in m for m in metrics] == [False, True]
+    assert record.progress["test_bits_per_dim"] == pytest.approx(metrics[-1]["test_bits_per_dim"])
+
+    # `genfleet evaluate --cluster` as a Ray task reproduces it from the final checkpoint.
+    positions: list[tuple[int, int]] = []
+    target = Target(record.job_spec(), record.result["checkpoint"])
+    evaluated = evaluate_on_cluster(
+        target, "test", None, stack.settings, lambda *position: positions.append(position)
+    )
+    assert evaluated["images"] == 180 and evaluated["epoch"] == 2
+    assert positions[-1] == (3, 3)  # 180 test images in batches of 64, relayed from the task
+    assert evaluated["test_bits_per_dim"] == pytest.approx(
+        metrics[-1]["test_bits_per_dim"], rel=1e-6
+    )
 
 
 def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, dispatcher) -> None:
@@ -114,6 +131,10 @@ def completed_trials(stack: Stack, job_id: str) -> list[dict]:
     best = trials[record.result["best_trial"]]
     assert record.result["best_config"] == best["config"]
     assert record.result["best_metric"] == min(trial["metric"] for trial in trials.values())
+    # Chosen on val, reported on test: every completed trial evaluated its test split.
+    assert record.result["test_metric"] == "test_bits_per_dim"
+    assert record.result["best_test_metric"] == best["test_metric"] > 0
+    assert all(trial["test_metric"] > 0 for trial in trials.values())
     return list(trials.values())
 
 

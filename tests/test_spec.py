@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.model_params import PARAMS_BY_MODEL
+from jobs.recipes import RECIPES
 from jobs.spec import JobSpec, apply_overrides, load_spec_text, validate_spec_dict
 from jobs.spec_errors import SpecError
 
@@ -43,7 +44,7 @@ def test_defaults_fill_everything_but_model_type_and_dataset() -> None:
     assert spec.kind == "train"
     assert spec.priority == 5
     assert spec.max_attempts == 3
-    assert spec.train.epochs == 5 and spec.train.lr == 0.001
+    assert spec.train.epochs == 5 and spec.train.lr == RECIPES["pixelcnn"]["lr"]
     assert spec.scaling.num_workers == 1 and spec.scaling.max_failures == 2
     assert spec.model.params.layers == 5 and spec.model.params.channels == 32
 
@@ -53,6 +54,9 @@ def test_defaults_fill_everything_but_model_type_and_dataset() -> None:
     [
         ({"train": {"lr": -0.1}}, "train.lr: must be > 0, got -0.1"),
         ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+        ({"train": {"warmup_steps": -1}}, "train.warmup_steps: must be >= 0, got -1"),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay: must be < 1, got 1.0"),
+        ({"model": {"type": "pixelcnn_pp", "params": {"ema_decay": 0.999}}}, "model.params.ema_decay: unknown key"),
         ({"priority": 10}, "priority: must be <= 9, got 10"),
         ({"model": {"type": "pixelcnn", "params": {"chanels": 3}}}, "model.params.chanels: unknown key"),
         ({"model": {"type": "pixelcnn", "params": {"layers": "many"}}}, "model.params.layers: must be a valid integer"),

@@ -55,7 +55,6 @@ class GenerativeModel(nn.Module):
     name: ClassVar[str]
     objective: ClassVar[Objective]
     phases: ClassVar[tuple[str, ...]] = ("train",)
-    uses_ema: ClassVar[bool] = False  # evaluate and sample with an EMA of the weights
 
     def __init__(self, params: Params, shape: ImageShape, num_classes: int) -> None:
         super().__init__()

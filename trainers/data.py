@@ -1,4 +1,9 @@
-"""Datasets as integer levels, split into train and val by a seed (genfleet issue 3, section 3).
+"""Datasets as integer levels, in train, val and test splits (genfleet issues 3 and 13).
+
+Test is what a paper's table reports: the official test split where the dataset has one
+(MNIST's and Fashion-MNIST's t10k files, CIFAR-10's test_batch), else a split held out by the
+fixed `TEST_SPLIT_SEED`, so every trial of a sweep over `train.seed` is tested on the same
+images. Val, the selection split, is carved from the rest by `train.seed`.
 
 Every dataset yields `(image (C, H, W) int64 levels, label int64)` from tensors held in memory,
 so a DistributedSampler can index any item on any rank. Files live under GENFLEET_DATA_DIR;
@@ -20,7 +25,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from jobs.spec import DataSpec
+from jobs.spec import DataSpec, Split
 from trainers.api import ImageShape
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -28,6 +33,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # binarized_mnist is binarized from the MNIST files, so both share one download folder.
 DEFAULT_FOLDERS = {"binarized_mnist": "mnist"}
 DIGITS_CSV = Path("datasets", "data", "digits.csv.gz")  # inside scikit-learn's package
+
+# Held-out test splits (digits, image_folder) are drawn from this seed, never from train.seed.
+TEST_SPLIT_SEED = 20_170_119
+# Binarized MNIST's t10k images are binarized once, from this seed (epoch 0, item index), as
+# Salakhutdinov & Murray 2008 fixed one binarization for evaluation; train redraws every epoch.
+BINARIZED_TEST_SEED = 8_675_309
+# The official test split's name per dataset, as the run info reports it.
+OFFICIAL_TEST_SPLITS = {
+    "mnist": "official t10k",
+    "binarized_mnist": f"official t10k, binarized once with seed {BINARIZED_TEST_SEED}",
+    "fashion_mnist": "official t10k",
+    "cifar10": "official test_batch",
+}
+DATASET_LEVELS = {"digits": 17, "binarized_mnist": 2}  # every other dataset has 256
+DEFAULT_TEST_FRACTION = 0.1  # of digits and image_folder, when data.test_fraction is unset
 
 # What torchvision needs on disk, named in the error a user sees when it is missing.
 TORCHVISION_FILES = {
@@ -93,37 +113,90 @@ def binarize(intensities: Tensor, seed: int, epoch: int, index: int) -> Tensor:
 class Datasets:
     train: Dataset[tuple[Tensor, Tensor]]
     val: Dataset[tuple[Tensor, Tensor]]
+    test: Dataset[tuple[Tensor, Tensor]]
     shape: ImageShape
     num_classes: int
     binarization: Literal["dynamic", "none"]
+    test_split: str  # where test comes from, as the run info reports it
+
+    def split(self, name: Split) -> Dataset[tuple[Tensor, Tensor]]:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: Tensor  # (N, C, H, W) uint8 levels (binarized MNIST: 0-255 intensities)
+    labels: Tensor  # (N,) int64
 
 
 def load_dataset(data: DataSpec, settings_data_dir: Path, seed: int) -> Datasets:
-    """Train and val sets of `data.dataset`, split by `seed` with `data.val_fraction` held out."""
-    if data.dataset == "digits":
-        images, labels, levels = _digits()
-    elif data.dataset == "image_folder":
-        images, labels = read_image_folder(
-            dataset_folder(data, settings_data_dir), data.image_size, data.grayscale
+    """Train, val and test sets of `data.dataset`; val is `data.val_fraction` of the non-test
+    images, drawn by `seed`."""
+    files, test, test_split = _files_and_test_split(data, settings_data_dir)
+    levels = DATASET_LEVELS.get(data.dataset, 256)
+    if len(files.images) < 2 or len(test.images) < 1:
+        raise DatasetError(
+            f"{data.dataset}: {len(files.images)} images beside {len(test.images)} test images "
+            "are too few: train and val need at least one each, and test one more"
         )
-        levels = 256
-    else:
-        images, labels = _torchvision_train_set(data, dataset_folder(data, settings_data_dir))
-        levels = 2 if data.dataset == "binarized_mnist" else 256
-    train_index, val_index = split_indices(len(images), data.val_fraction, seed)
-    num_classes = int(labels.max()) + 1
+    train_index, val_index = split_indices(len(files.images), data.val_fraction, seed)
+    num_classes = int(torch.cat([files.labels, test.labels]).max()) + 1
+    images = files.images
     shape = ImageShape(images.shape[1], images.shape[2], images.shape[3], levels)
     if data.dataset != "binarized_mnist":
-        train = LevelImages(images[train_index], labels[train_index])
-        val = LevelImages(images[val_index], labels[val_index])
-        return Datasets(train, val, shape, num_classes, "none")
-    # Val is binarized once, from the seed, so its numbers compare across epochs.
-    val_images = torch.stack([binarize(images[i], seed, 0, int(i)) for i in val_index]).to(
-        torch.uint8
-    )
-    train = DynamicallyBinarized(images[train_index], labels[train_index], seed)
+        return Datasets(
+            train=LevelImages(images[train_index], files.labels[train_index]),
+            val=LevelImages(images[val_index], files.labels[val_index]),
+            test=LevelImages(test.images, test.labels),
+            shape=shape,
+            num_classes=num_classes,
+            binarization="none",
+            test_split=test_split,
+        )
+    # Val and test are binarized once, val from the seed, so their numbers compare across
+    # epochs; test from BINARIZED_TEST_SEED, so they compare across runs too.
     return Datasets(
-        train, LevelImages(val_images, labels[val_index]), shape, num_classes, "dynamic"
+        train=DynamicallyBinarized(images[train_index], files.labels[train_index], seed),
+        val=LevelImages(binarized_once(images, val_index, seed), files.labels[val_index]),
+        test=LevelImages(
+            binarized_once(test.images, torch.arange(len(test.images)), BINARIZED_TEST_SEED),
+            test.labels,
+        ),
+        shape=shape,
+        num_classes=num_classes,
+        binarization="dynamic",
+        test_split=test_split,
+    )
+
+
+def binarized_once(intensities: Tensor, index: Tensor, seed: int) -> Tensor:
+    """One fixed binarization (epoch 0) of `intensities[index]`, as uint8 levels {0, 1}."""
+    draws = [binarize(intensities[i], seed, 0, int(i)) for i in index]
+    return torch.stack(draws).to(torch.uint8)
+
+
+def _files_and_test_split(
+    data: DataSpec, data_dir: Path
+) -> tuple[LabelledImages, LabelledImages, str]:
+    """(images train and val come from, test images, where test came from)."""
+    if data.dataset in OFFICIAL_TEST_SPLITS:
+        folder = dataset_folder(data, data_dir)
+        train_files = _torchvision_split(data, folder, train=True)
+        test_files = _torchvision_split(data, folder, train=False)
+        return train_files, test_files, OFFICIAL_TEST_SPLITS[data.dataset]
+    if data.dataset == "digits":
+        every = _digits()
+    else:
+        every = LabelledImages(
+            *read_image_folder(dataset_folder(data, data_dir), data.image_size, data.grayscale)
+        )
+    fraction = data.test_fraction or DEFAULT_TEST_FRACTION
+    rest, test = split_indices(len(every.images), fraction, TEST_SPLIT_SEED)
+    described = f"held out: {fraction:g} of the images, drawn with seed {TEST_SPLIT_SEED}"
+    return (
+        LabelledImages(every.images[rest], every.labels[rest]),
+        LabelledImages(every.images[test], every.labels[test]),
+        described,
     )
 
 
@@ -146,7 +219,7 @@ def dataset_folder(data: DataSpec, data_dir: Path) -> Path:
     return folder
 
 
-def _digits() -> tuple[Tensor, Tensor, int]:
+def _digits() -> LabelledImages:
     """scikit-learn's bundled 8x8 digits: 1797 images of 17 grey levels, no download.
 
     Read from the CSV that scikit-learn ships, as `load_digits` does, but without importing
@@ -160,7 +233,7 @@ def _digits() -> tuple[Tensor, Tensor, int]:
         bunch = load_digits()
         rows = np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
     images = torch.from_numpy(rows[:, :64]).round().to(torch.uint8).view(-1, 1, 8, 8)
-    return images, torch.from_numpy(rows[:, 64]).long(), 17
+    return LabelledImages(images, torch.from_numpy(rows[:, 64]).long())
 
 
 def _read_digits_csv() -> np.ndarray:
@@ -171,7 +244,7 @@ def _read_digits_csv() -> np.ndarray:
         return np.loadtxt(csv, delimiter=",")
 
 
-def _torchvision_train_set(data: DataSpec, folder: Path) -> tuple[Tensor, Tensor]:
+def _torchvision_split(data: DataSpec, folder: Path, train: bool) -> LabelledImages:
     from torchvision import datasets
 
     classes = {
@@ -181,15 +254,15 @@ def _torchvision_train_set(data: DataSpec, folder: Path) -> tuple[Tensor, Tensor
         "cifar10": datasets.CIFAR10,
     }
     try:
-        source = classes[data.dataset](str(folder), train=True, download=data.download)
+        source = classes[data.dataset](str(folder), train=train, download=data.download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
         raise DatasetError(_missing_data_message(data, folder, exc)) from exc
     labels = torch.as_tensor(source.targets).long()
     pixels = torch.as_tensor(source.data).to(torch.uint8)
     if pixels.dim() == 3:  # MNIST-like (N, 28, 28)
-        return pixels.unsqueeze(1), labels
+        return LabelledImages(pixels.unsqueeze(1), labels)
     images = pixels.permute(0, 3, 1, 2).contiguous()  # CIFAR-10 (N, 32, 32, 3) -> (N, 3, 32, 32)
-    return images, labels
+    return LabelledImages(images, labels)
 
 
 def _missing_data_message(data: DataSpec, folder: Path, exc: Exception) -> str:

@@ -49,7 +49,6 @@ def sample_categorical(logits: Tensor, uniform: Tensor) -> Tensor:
 # discretized to the data's levels; within a component the mean of a colour channel moves
 # linearly with the channels before it (G on R, B on R and G).
 MIN_LOG_SCALE = -7.0  # the paper's floor: a narrower logistic only makes training unstable
-MIN_BIN_MASS = 1e-5  # below this, sigmoid(upper) - sigmoid(lower) loses its float32 digits
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,19 @@ def split_logistic_mixture(params: Tensor, image_channels: int) -> LogisticMixtu
     )
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(-x)) for x > 0, to the input's relative precision over the whole range.
+
+    Maechler 2012, "Accurately computing log(1 - exp(-|a|))": log(-expm1(-x)) up to log 2,
+    log1p(-exp(-x)) beyond.
+    """
+    near_zero = torch.log(-torch.expm1(-x))
+    # Below ~6e-8, exp(-x) rounds to 1 and log1p(-1) is -inf; where() would still send it a
+    # zero gradient, and 0 * inf is NaN, so the branch it discards never sees such inputs.
+    far = torch.log1p(-torch.exp(-x.clamp_min(math.log(2.0))))
+    return torch.where(x <= math.log(2.0), near_zero, far)
+
+
 def _dependent_means(means: Tensor, coefficients: Tensor, values: Tensor) -> Tensor:
     """Means (B, C, ...) shifted by coefficient * value of every earlier channel.
 
@@ -110,28 +122,32 @@ def discretized_logistic_mixture_nll(params: Tensor, images: Tensor, levels: int
     params: (B, P, H, W) with P = logistic_mixture_channels(C, M); images: (B, C, H, W) int64
     in [0, levels). Level k sits at -1 + 2k/(levels-1) and owns the bin of half-width
     1/(levels-1) around it; the first and last bins stretch to -inf and +inf so that the
-    probabilities of all levels sum to one. Returns (B,).
+    probabilities of all levels sum to one. Every bin's mass is exact, tails included: the
+    original code's density-times-width stand-in for bins under 1e-5 overstated their NLL by up
+    to 2 nats at 256 levels and 64 at 17 (issue 13). Returns (B,).
     """
     mixture = split_logistic_mixture(params, images.shape[1])
     values = to_unit_range(images, levels).unsqueeze(2)  # (B, C, 1, H, W)
-    centred = values - _dependent_means(mixture.means, mixture.coefficients, values)
+    means = _dependent_means(mixture.means, mixture.coefficients, values)  # (B, C, M, H, W)
     inv_scale = torch.exp(-mixture.log_scales)  # (B, C, M, H, W)
+    # Edges as odd multiples of the half-bin, not value +- half_bin: level k's top and level
+    # k+1's bottom are then one float32 number, and the bins tile the line. Rounded apart, they
+    # gained or lost up to 3e-5 of probability where a narrow logistic is centred on an edge.
     half_bin = 1.0 / (levels - 1)
-    upper = inv_scale * (centred + half_bin)
-    lower = inv_scale * (centred - half_bin)
-    bin_mass = torch.sigmoid(upper) - torch.sigmoid(lower)
-    middle = inv_scale * centred
-    log_density_middle = middle - mixture.log_scales - 2.0 * F.softplus(middle)
-    log_bin_mass = torch.where(
-        bin_mass > MIN_BIN_MASS,
-        torch.log(bin_mass.clamp_min(1e-12)),
-        log_density_middle + math.log(2.0 * half_bin),  # density at the midpoint * bin width
-    )
+    twice_level = 2.0 * images.unsqueeze(2).float()  # (B, C, 1, H, W)
+    upper = inv_scale * ((twice_level + 1.0) * half_bin - 1.0 - means)
+    lower = inv_scale * ((twice_level - 1.0) * half_bin - 1.0 - means)
+    log_below_upper = F.logsigmoid(upper)  # log sigmoid(upper): the mass below the bin's top
+    log_above_lower = F.logsigmoid(-lower)  # log (1 - sigmoid(lower)): the mass above its bottom
+    # sigmoid(u) - sigmoid(l) = sigmoid(u) * sigmoid(-l) * (1 - exp(l - u)). All three log terms
+    # are <= 0 and none is a difference of nearby numbers, so the bin's log-mass keeps float32's
+    # relative precision in both tails, where subtracting the two sigmoids would cancel to 0.
+    log_bin_mass = log_below_upper + log_above_lower + log1mexp(upper - lower)
     level = images.unsqueeze(2)  # (B, C, 1, H, W)
     log_probs = torch.where(
         level == 0,
-        F.logsigmoid(upper),  # everything below the first bin's upper edge
-        torch.where(level == levels - 1, F.logsigmoid(-lower), log_bin_mass),
+        log_below_upper,  # everything below the first bin's upper edge
+        torch.where(level == levels - 1, log_above_lower, log_bin_mass),
     )  # (B, C, M, H, W)
     # Channels share the component, so their log-probs add before mixing.
     log_joint = log_probs.sum(dim=1) + torch.log_softmax(mixture.logit_probs, dim=1)

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from jobs.spec import JobSpec
 from trainers import checkpoint
@@ -35,6 +35,8 @@ from trainers.quality import (
 from trainers.reporter import Reporter
 
 CPU = torch.device("cpu")
+EVALUATION_SEED = 0  # see evaluate_split
+EvaluationSplit = Literal["val", "test"]  # val selects (sweeps, schedulers); test is reported
 # Val images shown with their reconstructions / completions, and the width of those grids: one
 # row of originals above one row of model outputs (and rows of 8 VAE interpolation steps).
 VISUAL_IMAGES = 8
@@ -128,8 +130,8 @@ class TrainingRun:
             phase: build_schedule(optimizer, self.train_spec, total_steps)
             for phase, optimizer in self.optimizers.items()
         }
-        ema_decay = getattr(self.model.params, "ema_decay", 0.0)
-        self.ema = WeightEMA(self.model, ema_decay) if self.model.uses_ema and ema_decay else None
+        ema_decay = self.train_spec.ema_decay
+        self.ema = WeightEMA(self.model, ema_decay) if ema_decay > 0 else None
         if self.context.resume_from is not None:
             self.load_checkpoint(self.context.resume_from)
         # Wrapped last: DDP broadcasts rank 0's weights, which must already be the resumed ones.
@@ -152,10 +154,8 @@ class TrainingRun:
         )
         batches = len(self.train_loader)
         self.steps_per_epoch = min(batches, self.train_spec.max_steps_per_epoch or batches)
-        # Every val image exactly once over all ranks (DistributedSampler would pad with
-        # repeats), in order, last batch kept: likelihood sums must be exact.
-        val_shard = Subset(data.val, range(rank, len(data.val), world))  # type: ignore[arg-type]
-        self.val_loader = DataLoader(val_shard, batch_size, shuffle=False)
+        self.val_loader = evaluation_loader(data.val, batch_size, rank, world)
+        self.test_loader = evaluation_loader(data.test, batch_size, rank, world)
         count = min(VISUAL_IMAGES, len(data.val))  # type: ignore[arg-type]
         images, labels = zip(*(data.val[i] for i in range(count)), strict=True)
         self.visual_batch = (torch.stack(images), torch.stack(labels))
@@ -174,10 +174,12 @@ class TrainingRun:
             "num_classes": self.data.num_classes,
             "train_images": len(self.data.train),  # type: ignore[arg-type]
             "val_images": len(self.data.val),  # type: ignore[arg-type]
+            "test_images": len(self.data.test),  # type: ignore[arg-type]
+            "test_split": self.data.test_split,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.context.world_size,
-            "ema": self.ema is not None,
+            "ema": self.train_spec.ema_decay,  # 0.0: evaluated with the live weights
         }
 
     def train(self) -> dict[str, Any]:
@@ -190,6 +192,10 @@ class TrainingRun:
                 metrics.update(self.evaluate(final))
                 if self.context.is_main:
                     metrics.update(self.sample_quality())
+            test_every = self.train_spec.test_every
+            if final or (test_every is not None and epoch % test_every == 0):
+                # Always the final settings (the VAE's iw_samples_final): a paper's number.
+                metrics.update(self.evaluate(True, "test"))
             if self.context.is_main and (final or epoch % self.train_spec.sample_every == 0):
                 self.sample(epoch)
             self.epoch = epoch
@@ -258,17 +264,14 @@ class TrainingRun:
 
     @property
     def inference_model(self) -> GenerativeModel:
-        """The EMA weights when the model keeps them (PixelCNN++ evaluates with them)."""
+        """The EMA weights when `train.ema_decay` keeps them, else the live weights."""
         return self.ema.model if self.ema is not None else self.model
 
-    def evaluate(self, final: bool) -> dict[str, float]:
-        """`val_<key>` means over the whole val set; `final` asks models for costly metrics."""
-        sums = MetricSums(self.device)
+    def evaluate(self, final: bool, split: EvaluationSplit = "val") -> dict[str, float]:
+        """`<split>_<key>` means over the whole split; `final` asks models for costly metrics."""
+        loader = self.val_loader if split == "val" else self.test_loader
         with evaluation_mode(self.inference_model) as model:
-            for images, labels in self.val_loader:
-                terms = model.evaluate(images.to(self.device), labels.to(self.device), final)
-                sums.add(terms, "val_")
-        return with_bits_per_dim(sums.reduce_means(), "val_", self.dims)
+            return evaluate_split(model, loader, f"{split}_", final, self.device)
 
     def sample_quality(self) -> dict[str, float]:
         """`val_fcd`: Frechet classifier distance of fixed-seed samples to val images (rank 0)."""
@@ -319,6 +322,7 @@ class TrainingRun:
             return
         state = {
             "model_type": self.spec.model.type,
+            "spec": self.spec.model_dump(mode="json"),  # `genfleet evaluate DIR` rebuilds from it
             "epoch": epoch,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -357,6 +361,39 @@ class TrainingRun:
             self.__dict__.pop(name, None)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def evaluation_loader(
+    split: Dataset[tuple[Tensor, Tensor]], batch_size: int, rank: int, world_size: int
+) -> DataLoader:
+    """Every image of `split` exactly once over all ranks (DistributedSampler would pad with
+    repeats), in order, last batch kept: likelihood sums must be exact."""
+    shard = Subset(split, range(rank, len(split), world_size))  # type: ignore[arg-type]
+    return DataLoader(shard, batch_size, shuffle=False)
+
+
+def evaluate_split(
+    model: GenerativeModel,
+    loader: DataLoader,
+    prefix: str,
+    final: bool,
+    device: torch.device,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Means of the model's per-image terms over every rank's `loader`, with bits/dim.
+
+    Noise a bound draws (the VAE's importance samples) comes from EVALUATION_SEED on a forked
+    generator: `genfleet evaluate` then reproduces the run's own number, and training's random
+    stream does not depend on how often it evaluates.
+    """
+    sums = MetricSums(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVALUATION_SEED)
+        for batch, (images, labels) in enumerate(loader, start=1):
+            sums.add(model.evaluate(images.to(device), labels.to(device), final), prefix)
+            if on_batch is not None:
+                on_batch(batch, len(loader))
+    return with_bits_per_dim(sums.reduce_means(), prefix, model.shape.dims)
 
 
 def likelihood_kind(model: GenerativeModel) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LambdaLR
 
 from jobs.spec import TrainSpec
 from trainers.api import GenerativeModel
@@ -27,13 +28,29 @@ def build_optimizer(
     return adam(params, lr=train.lr, weight_decay=train.weight_decay, **extra)
 
 
-def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> LRScheduler:
-    """Stepped once per batch: cosine reaches 0 at the last step, exponential decays every step."""
-    if train.lr_schedule == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    if train.lr_schedule == "exponential":
-        return ExponentialLR(optimizer, gamma=train.lr_decay)
-    return LambdaLR(optimizer, lambda _: 1.0)
+def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> LambdaLR:
+    """Stepped once per batch: a linear warm-up from lr / warmup_steps to lr, then constant,
+    exponential (lr_decay every step) or cosine, which reaches 0 at the last step.
+
+    The warm-up is clamped to `total_steps` (a run shorter than its warm-up only warms up), so a
+    recipe's warm-up never makes a short run fail. A LambdaLR keeps only the step count in its
+    state_dict, which is all a resumed run needs.
+    """
+    warmup = min(train.warmup_steps, total_steps)
+    decay_steps = max(1, total_steps - warmup)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        after_warmup = step - warmup
+        if train.lr_schedule == "cosine":
+            progress = min(after_warmup, decay_steps) / decay_steps
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if train.lr_schedule == "exponential":
+            return train.lr_decay**after_warmup
+        return 1.0
+
+    return LambdaLR(optimizer, lr_factor)
 
 
 class WeightEMA:

@@ -3,7 +3,9 @@
 The only module in `trainers/` that touches `ray.train`. Metrics go to `ray.train.report` (with
 the epoch's checkpoint attached, so Ray Train persists it to storage and restores it after a
 worker failure or a dispatcher restart) and, from rank 0, to the dispatcher's relay actor,
-together with sample grids and log lines. The relay and the trial id come in the loop config.
+together with sample grids and log lines. The relay, the job id, its attempt number and the
+trial id come in the loop config. The spec's trackers (trainers/trackers.py) write from rank 0: TensorBoard event
+files to `<run_dir>/tensorboard`, where each sweep trial has a run_dir of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from jobs.spec import JobSpec
 from trainers.loop import NonFiniteLossError, RunContext, train_job
+from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 
 
 class RayReporter:
@@ -111,8 +114,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             resume_from=resume_from,
         )
         reporter = RayReporter(relay, trial, config["run_dir"], is_main=rank == 0)
+        run = TrackedRun(
+            f"{config['run_dir']}/tensorboard", config["job_id"], trial, config["attempt"]
+        )
+        trackers = build_trackers(spec, run, reporter.log, is_main=rank == 0)
         try:
-            train_job(spec, reporter, run_context)
+            # Inside the try: a diverged run, caught below, closes its trackers as failed.
+            with TrackingReporter(reporter, trackers) as tracked:
+                train_job(spec, tracked, run_context)
         except NonFiniteLossError as exc:
             # Every rank raises it together. Ray Train would restart the run from its last
             # checkpoint max_failures times and diverge the same way each time, so end the run

@@ -48,7 +48,7 @@ class FolderReporter:
             self.echo(format_metrics(metrics))
 
     def image(self, name: str, epoch: int, png: bytes) -> None:
-        (self.out_dir / "samples" / f"{name}-epoch{epoch:03d}.png").write_bytes(png)
+        (self.out_dir / "samples" / image_file_name(name, epoch)).write_bytes(png)
 
     def checkpoint(self, epoch: int, path: Path) -> None:
         self.log(f"checkpoint of epoch {epoch} saved in {path}")
@@ -59,6 +59,11 @@ class FolderReporter:
             stream.write(f"{stamp} {line}\n")
         if self.echo is not None:
             self.echo(line)
+
+
+def image_file_name(name: str, epoch: int) -> str:
+    """`samples-epoch003.png`: one grid's file name, wherever a reporter or tracker keeps it."""
+    return f"{name}-epoch{epoch:03d}.png"
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

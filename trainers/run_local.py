@@ -1,7 +1,8 @@
 """`genfleet run-local SPEC.yaml`: one train spec in this process, no Redis, no Ray.
 
 Writes what a cluster run would report into `out_dir`: info.json, metrics.jsonl, log.txt,
-samples/*.png and checkpoints/epoch-NNNN/.
+samples/*.png and checkpoints/epoch-NNNN/; TensorBoard event files in tensorboard/ when the
+spec's `logging` turns TensorBoard on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jobs.spec import JobSpec
 from trainers.loop import RunContext, train_job
 from trainers.reporter import FolderReporter
+from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 
 
 def run_local(
@@ -55,5 +57,7 @@ def run_local(
         console.print(line, markup=False, highlight=False)  # metric lines hold literal [ ]
 
     reporter = FolderReporter(out_dir, echo=echo)
-    with bar:
-        return train_job(spec, reporter, context)
+    run = TrackedRun(tensorboard_dir=str(out_dir / "tensorboard"))
+    trackers = build_trackers(spec, run, reporter.log, is_main=True)
+    with bar, TrackingReporter(reporter, trackers) as tracked:
+        return train_job(spec, tracked, context)

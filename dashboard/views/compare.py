@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import connection
 from dashboard.charts import AXES, curve_keys, curves_figure, preferred_curve_key
 from dashboard.images import DISPLAY_PX, epochs_by_name, resized_png
+from dashboard.job_table import latest_bits_per_dim
 from dashboard.session import refresh_every
 
 RUNS_KEY = "compare.runs"
@@ -53,8 +54,26 @@ def chosen_runs() -> list[str]:
     return runs
 
 
-def compared_curves(runs: list[str]) -> None:
-    rows = {run: connection.store().metrics(*split_run(run)) for run in runs}
+def final_numbers(rows: dict[str, list[dict]]) -> None:
+    """Each run's latest val and test bits/dim side by side: test is what a paper reports."""
+    table = []
+    for run, run_rows in rows.items():
+        val, test = latest_bits_per_dim(run_rows)
+        epoch = run_rows[-1].get("epoch") if run_rows else None
+        table.append({"run": run, "epoch": epoch, "val bits/dim": val, "test bits/dim": test})
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            name: st.column_config.NumberColumn(name, format="%.4f")
+            for name in ("val bits/dim", "test bits/dim")
+        },
+        key="compare.numbers",
+    )
+
+
+def compared_curves(rows: dict[str, list[dict]]) -> None:
     keys = curve_keys([row for run_rows in rows.values() for row in run_rows])
     if not keys:
         st.info("None of these runs has reported metrics yet.")
@@ -90,8 +109,11 @@ def side_by_side(runs: list[str]) -> None:
 
 @st.fragment(run_every=refresh_every())
 def comparison(runs: list[str]) -> None:
+    rows = {run: connection.store().metrics(*split_run(run)) for run in runs}
+    st.subheader("Numbers")
+    final_numbers(rows)
     st.subheader("Curves")
-    compared_curves(runs)
+    compared_curves(rows)
     st.subheader("Images at the same epoch")
     side_by_side(runs)
 

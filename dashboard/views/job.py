@@ -12,7 +12,7 @@ import yaml
 from dashboard import connection
 from dashboard.charts import AXES, curve_keys, curves_figure, default_curve_keys
 from dashboard.images import gallery
-from dashboard.job_table import format_age, progress_fraction
+from dashboard.job_table import bits_per_dim, format_age, latest_bits_per_dim, progress_fraction
 from dashboard.links import SUBMIT_PAGE, SWEEP_PAGE, job_query
 from dashboard.session import refresh_every
 from jobs.records import JobNotFound, JobRecord, JobStatus
@@ -53,15 +53,22 @@ def header(record: JobRecord, trial: dict[str, Any] | None) -> None:
         st.title(f"{record.name} · trial {trial['trial_id']}")
         st.caption(f"trial of sweep job `{record.id}`")
         st.page_link(SWEEP_PAGE, label="Back to the sweep", query_params=job_query(record.id))
-    status, attempts, priority, progress, bits = st.columns(5)
+    status, attempts, priority, progress, val_bits, test_bits = st.columns(6)
     shown_status = trial.get("status", "-") if trial else record.status.value
     status.metric("Status", shown_status)
     attempts.metric("Attempts", f"{record.attempts}/{record.max_attempts}")
     priority.metric("Priority", record.priority)
     fraction = progress_fraction(record)
     progress.metric("Progress", "-" if fraction is None else f"{fraction:.0%}")
-    latest = record.progress.get("val_bits_per_dim")
-    bits.metric("Val bits/dim", "-" if latest is None else f"{latest:.4f}")
+    if trial is None:
+        val, test = bits_per_dim(record)
+    else:
+        val, test = latest_bits_per_dim(connection.store().metrics(record.id, trial["trial_id"]))
+    best = "Best trial's " if record.kind == "sweep" and trial is None else ""
+    for column, label, value in ((val_bits, "val", val), (test_bits, "test", test)):
+        column.metric(
+            f"{best}{label} bits/dim".capitalize(), "-" if value is None else f"{value:.4f}"
+        )
     st.caption(
         f"created {when(record.created_at)} · started {when(record.started_at)} · "
         f"finished {when(record.finished_at)}"
@@ -157,10 +164,12 @@ def job_view(job_id: str, trial_id: str | None, shown_status: JobStatus) -> None
             st.error(f"Sweep job `{job_id}` has no trial `{trial_id}`.")
             return
     header(record, trial)
-    st.subheader("Curves")
-    curves(job_id, trial_id)
-    st.subheader("Images")
-    gallery(job_id, trial_id, connection.store().list_images(job_id, trial=trial_id), "job")
+    # A sweep reports no curves of its own: its page shows its best trial's.
+    shown = trial_id or (record.result.get("best_trial") if record.kind == "sweep" else None)
+    st.subheader("Curves" if shown == trial_id else f"Curves of the best trial, {shown}")
+    curves(job_id, shown)
+    st.subheader("Images" if shown == trial_id else f"Images of the best trial, {shown}")
+    gallery(job_id, shown, connection.store().list_images(job_id, trial=shown), "job")
     details(record, trial_id)
 
 

@@ -147,6 +147,7 @@ def job_table() -> None:
             "id": st.column_config.LinkColumn("id", display_text=r"job\?job=(\w+)"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
             "val bits/dim": st.column_config.NumberColumn("val bits/dim", format="%.4f"),
+            "test bits/dim": st.column_config.NumberColumn("test bits/dim", format="%.4f"),
         },
     )
     previous, where, following = st.columns([1, 3, 1], vertical_alignment="center")

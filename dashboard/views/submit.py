@@ -20,7 +20,9 @@ NOTICE_KEY = "submit.notice"
 
 
 def example_specs() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(EXAMPLES_DIR.glob("*.yaml"))}
+    """`name` for the quick examples, `paper/name` for the paper configurations."""
+    paths = sorted(EXAMPLES_DIR.rglob("*.yaml"))
+    return {path.relative_to(EXAMPLES_DIR).with_suffix("").as_posix(): path for path in paths}
 
 
 def _load_example() -> None:

@@ -12,6 +12,7 @@ from dashboard.links import JOB_PAGE, job_query
 from dashboard.session import refresh_every
 from dashboard.trials import metric_value, ranked, trial_rows
 from jobs.records import JobNotFound, JobRecord, JobStatus
+from jobs.spec import test_metric_of
 
 BEST_ROW_STYLE = "background-color: rgba(46, 160, 67, 0.25); font-weight: 600"
 
@@ -34,7 +35,8 @@ def chosen_sweep() -> str | None:
 
 
 def trial_table(record: JobRecord, trials: list[dict], metric: str) -> None:
-    rows = pd.DataFrame(trial_rows(record.id, trials, metric))
+    test_metric = test_metric_of(metric)
+    rows = pd.DataFrame(trial_rows(record.id, trials, metric, test_metric))
     styled = rows.style.apply(
         lambda row: [BEST_ROW_STYLE if row["best"] else ""] * len(row), axis=1
     )
@@ -44,14 +46,20 @@ def trial_table(record: JobRecord, trials: list[dict], metric: str) -> None:
         width="stretch",
         column_config={
             "trial": st.column_config.LinkColumn("trial", display_text=r"trial=([\w.-]+)"),
-            metric: st.column_config.NumberColumn(metric, format="%.4f"),
+            **{
+                name: st.column_config.NumberColumn(name, format="%.4f")
+                for name in (metric, test_metric)
+                if name is not None
+            },
         },
         key="sweep.trials",
     )
 
 
 def best_trial(record: JobRecord, best: dict, metric: str) -> None:
-    st.success(f"Best trial `{best['trial_id']}`: {metric} = {metric_value(best):.4f}")
+    test_metric, test_value = test_metric_of(metric), metric_value(best, "test_metric")
+    tested = f", {test_metric} = {test_value:.4f}" if test_value is not None else ""
+    st.success(f"Best trial `{best['trial_id']}`: {metric} = {metric_value(best):.4f}{tested}")
     st.json(best.get("config", {}))
     st.page_link(
         JOB_PAGE,

@@ -11,11 +11,19 @@ Headline: 2.92 bits/dim on CIFAR-10 test. What this file follows:
   transposed convolutions back up (2.3), with shortcuts from every block of the contracting
   pass into the expanding pass (2.4). Fewer resolutions when the image cannot be halved:
   8 -> 4 -> 2 for digits, 28 -> 14 -> 7, 32 -> 16 -> 8.
-- Polyak averaging, as in the authors' code (openai/pixel-cnn): `uses_ema = True` asks the
-  training loop to keep an exponential moving average of the weights (decay
-  `params.ema_decay`) and to evaluate and sample with it; this class only declares it.
-Not followed: weight normalisation and its data-dependent initialisation (plain convolutions
-train stably at these sizes with Adam), and class conditioning (labels are ignored).
+- Polyak averaging, as in the authors' code (openai/pixel-cnn): PixelCNN++'s default recipe
+  (jobs/recipes.py) sets `train.ema_decay: 0.999`, so the training loop evaluates and samples
+  with an exponential moving average of the weights.
+- Section 3, as the authors train it: with `params.weight_norm` every convolution, transposed
+  convolution and 1x1 layer is weight-normalised, w = g * v / ||v|| per output channel
+  (Salimans and Kingma 2016). Their data-dependent initialisation of g and the biases is not
+  followed: g starts at ||v||, so the network starts as the same function as without weight
+  normalisation. Off by default (plain convolutions train stably at these sizes with Adam).
+- Class conditioning as Gated PixelCNN has it (van den Oord et al. 2016, section 2.3) and the
+  authors' code does it: with `params.conditional` every gated resnet adds a learned vector per
+  class to its pre-gate activations [a, b] (a projection of the one-hot label, a plain matrix
+  in their code too, so not weight-normalised). Sampling conditions on the labels it is given.
+  Off by default: labels are then ignored.
 
 Loss: the exact NLL of the discretized mixture in nats per image (`nll_nats`), divided by the
 sub-pixels per image for `loss` so the learning rate does not depend on the image size.
@@ -28,6 +36,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from jobs.model_params import PixelCNNPPParams
 from trainers.api import ImageShape, to_unit_range
@@ -41,6 +50,7 @@ from trainers.sampling import AutoregressiveModel
 
 MOST_RESOLUTIONS = 3  # section 2.4: 32x32 -> 16x16 -> 8x8 on CIFAR-10
 KERNELS: dict[Shift, tuple[int, int]] = {"down": (2, 3), "down_right": (2, 2)}
+CLASS_BIAS_STD = 0.05  # the authors' init of the conditional weights: start near unconditional
 
 
 def resolution_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -59,23 +69,54 @@ def concat_elu(x: Tensor) -> Tensor:
     return F.elu(torch.cat([x, -x], dim=1))
 
 
-class GatedResnet(nn.Module):
-    """x + a * sigmoid(b), [a, b] computed from concat_elu(x) and an optional shortcut input."""
+def weight_normalise(model: nn.Module) -> None:
+    """Reparametrise every conv and transposed conv of `model` as g * v / ||v||; the authors'
+    dense `nin` layers are the 1x1 convs here.
 
-    def __init__(self, filters: int, shift: Shift, shortcut_filters: int, dropout: float) -> None:
+    g has one entry per output channel: dim 0 of a conv's (out, in, kh, kw) weight, dim 1 of a
+    transposed conv's (in, out, kh, kw), as the authors' deconv2d normalises.
+    """
+    # Listed before any is changed: weight_norm adds submodules while modules() walks them.
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    deconvs = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    for conv in convs:
+        weight_norm(conv, dim=0)
+    for deconv in deconvs:
+        weight_norm(deconv, dim=1)
+
+
+class GatedResnet(nn.Module):
+    """x + a * sigmoid(b), [a, b] computed from concat_elu(x), an optional shortcut input and,
+    when `num_classes` is given, a learned bias per class."""
+
+    def __init__(
+        self,
+        filters: int,
+        shift: Shift,
+        shortcut_filters: int,
+        dropout: float,
+        num_classes: int | None,
+    ) -> None:
         super().__init__()
         kernel = KERNELS[shift]
         self.conv_in = ShiftedConv2d(2 * filters, filters, kernel, shift)
         self.shortcut = nn.Conv2d(2 * shortcut_filters, filters, 1) if shortcut_filters else None
         self.dropout = nn.Dropout(dropout)
         self.conv_out = ShiftedConv2d(2 * filters, 2 * filters, kernel, shift)
+        self.class_bias = None
+        if num_classes is not None:
+            self.class_bias = nn.Embedding(num_classes, 2 * filters)
+            nn.init.normal_(self.class_bias.weight, std=CLASS_BIAS_STD)
 
-    def forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor, shortcut: Tensor | None = None) -> Tensor:
         hidden = self.conv_in(concat_elu(x))  # (B, F, H, W)
         if self.shortcut is not None and shortcut is not None:
             hidden = hidden + self.shortcut(concat_elu(shortcut))
         hidden = self.dropout(concat_elu(hidden))
-        value, gate = self.conv_out(hidden).chunk(2, dim=1)  # (B, F, H, W) each
+        pre_gate = self.conv_out(hidden)  # (B, 2F, H, W)
+        if self.class_bias is not None:
+            pre_gate = pre_gate + self.class_bias(labels)[:, :, None, None]
+        value, gate = pre_gate.chunk(2, dim=1)  # (B, F, H, W) each
         return x + value * torch.sigmoid(gate)
 
 
@@ -86,18 +127,27 @@ class StreamBlock(nn.Module):
     depth (`u_skip`, `ul_skip`, section 2.4).
     """
 
-    def __init__(self, filters: int, dropout: float, with_skips: bool) -> None:
+    def __init__(
+        self, filters: int, dropout: float, with_skips: bool, num_classes: int | None
+    ) -> None:
         super().__init__()
         skip_filters = filters if with_skips else 0
-        self.u_block = GatedResnet(filters, "down", skip_filters, dropout)
-        self.ul_block = GatedResnet(filters, "down_right", filters + skip_filters, dropout)
+        self.u_block = GatedResnet(filters, "down", skip_filters, dropout, num_classes)
+        self.ul_block = GatedResnet(
+            filters, "down_right", filters + skip_filters, dropout, num_classes
+        )
 
     def forward(
-        self, u: Tensor, ul: Tensor, u_skip: Tensor | None = None, ul_skip: Tensor | None = None
+        self,
+        u: Tensor,
+        ul: Tensor,
+        labels: Tensor,
+        u_skip: Tensor | None = None,
+        ul_skip: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        u = self.u_block(u, u_skip)
+        u = self.u_block(u, labels, u_skip)
         ul_shortcut = u if ul_skip is None else torch.cat([u, ul_skip], dim=1)
-        return u, self.ul_block(ul, ul_shortcut)
+        return u, self.ul_block(ul, labels, ul_shortcut)
 
 
 class Resample(nn.Module):
@@ -116,19 +166,25 @@ class Resample(nn.Module):
 
 class PixelCNNPP(AutoregressiveModel):
     name: ClassVar[str] = "pixelcnn_pp"
-    uses_ema: ClassVar[bool] = True
     noise_per_subpixel: ClassVar[int] = 2  # mixture component, logistic draw
 
     def __init__(self, params: PixelCNNPPParams, shape: ImageShape, num_classes: int) -> None:
         super().__init__(params, shape, num_classes)
+        if params.conditional and num_classes < 2:
+            raise ValueError(
+                f"model.params.conditional: needs a dataset of 2 or more classes, got {num_classes}"
+            )
         filters, dropout = params.nr_filters, params.dropout
+        classes = num_classes if params.conditional else None
         resolutions = len(resolution_sizes(shape.height, shape.width))
         inputs = shape.channels + 1  # + a channel of ones, see logistic_params
         self.u_input = ShiftedConv2d(inputs, filters, (2, 3), "down")
         self.ul_input_above = ShiftedConv2d(inputs, filters, (1, 3), "down")
         self.ul_input_left = ShiftedConv2d(inputs, filters, (2, 1), "down_right")
         self.contracting = nn.ModuleList(
-            nn.ModuleList(StreamBlock(filters, dropout, False) for _ in range(params.nr_resnet))
+            nn.ModuleList(
+                StreamBlock(filters, dropout, False, classes) for _ in range(params.nr_resnet)
+            )
             for _ in range(resolutions)
         )
         self.downsample = nn.ModuleList(
@@ -138,7 +194,7 @@ class PixelCNNPP(AutoregressiveModel):
         # contracting pass: it also takes the skip saved as that resolution was entered.
         self.expanding = nn.ModuleList(
             nn.ModuleList(
-                StreamBlock(filters, dropout, True)
+                StreamBlock(filters, dropout, True, classes)
                 for _ in range(params.nr_resnet + (1 if level else 0))
             )
             for level in range(resolutions)
@@ -148,10 +204,12 @@ class PixelCNNPP(AutoregressiveModel):
         )
         mixture_channels = logistic_mixture_channels(shape.channels, params.nr_logistic_mix)
         self.output = nn.Conv2d(filters, mixture_channels, 1)
+        if params.weight_norm:
+            weight_normalise(self)
 
-    def logistic_params(self, x: Tensor) -> Tensor:
-        """Mixture params (B, P, H, W) of every pixel from images x (B, C, H, W) in [-1, 1];
-        the params of pixel (i, j) depend only on pixels before it in raster order."""
+    def logistic_params(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Mixture params (B, P, H, W) of every pixel from images x (B, C, H, W) in [-1, 1] and
+        labels (B,); the params of pixel (i, j) depend only on pixels before it in raster order."""
         # Zero padding would look like mid-grey; the ones channel marks where the image is.
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (B, C + 1, H, W)
         u = down_shift(self.u_input(x))  # (B, F, H, W)
@@ -159,7 +217,7 @@ class PixelCNNPP(AutoregressiveModel):
         skips = [(u, ul)]
         for level, blocks in enumerate(self.contracting):
             for block in blocks:
-                u, ul = block(u, ul)
+                u, ul = block(u, ul, labels)
                 skips.append((u, ul))
             if level < len(self.downsample):
                 u, ul = self.downsample[level](u, ul)
@@ -170,23 +228,22 @@ class PixelCNNPP(AutoregressiveModel):
                 u, ul = self.upsample[level - 1](u, ul)
             for block in blocks:
                 u_skip, ul_skip = skips.pop()
-                u, ul = block(u, ul, u_skip, ul_skip)
+                u, ul = block(u, ul, labels, u_skip, ul_skip)
         return self.output(F.elu(ul))
 
     def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
-        del labels, phase
+        del phase
         levels = self.shape.levels
-        params = self.logistic_params(to_unit_range(images, levels))
+        params = self.logistic_params(to_unit_range(images, levels), labels)
         nll = discretized_logistic_mixture_nll(params, images, levels)  # (B,)
         return {"loss": nll / self.shape.dims, "nll_nats": nll}
 
     def sample_pixel(
         self, images: Tensor, labels: Tensor, row: int, col: int, noise: Tensor
     ) -> Tensor:
-        del labels
         levels = self.shape.levels
-        params = self.logistic_params(to_unit_range(images, levels))[:, :, row, col]  # (N, P)
-        return sample_discretized_logistic_mixture(params, noise, levels)
+        params = self.logistic_params(to_unit_range(images, levels), labels)  # (N, P, H, W)
+        return sample_discretized_logistic_mixture(params[:, :, row, col], noise, levels)
 
 
 MODEL = PixelCNNPP
