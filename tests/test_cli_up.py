@@ -34,6 +34,7 @@ START_SECONDS = 180  # Redis, Ray and Streamlit on a busy 2-core machine
 DEMO_JOB_SECONDS = 240
 DEMO_SWEEP_SECONDS = 360  # after the job: on 2 cores the sweep waits for the job's CPU
 STOP_SECONDS = 30
+RAY_STATUS_SECONDS = 60
 DEMO_JOB_LINE = re.compile(r"^demo job   ([0-9a-f]{12}) \((demo_\w+)\.yaml\)$", re.MULTILINE)
 
 
@@ -109,10 +110,16 @@ def _check_ray_status_sees_the_cluster(output: str, env: dict[str, str]) -> None
     assert match, output
     ray_cli = Path(sys.executable).with_name("ray")
     command = [str(ray_cli), "status", "--address", match.group(1)]
-    status = subprocess.run(
-        command, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=60
-    )
-    assert status.returncode == 0, status.stdout + status.stderr
+    deadline = time.monotonic() + RAY_STATUS_SECONDS
+    while True:  # Ray's monitor publishes the first status a few seconds after the head starts
+        status = subprocess.run(
+            command, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        if "Node status" in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert "Node status" in status.stdout and "CPU" in status.stdout, status.stdout
 
 

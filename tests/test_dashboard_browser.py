@@ -172,7 +172,8 @@ def test_job_page_draws_the_chart_and_loads_every_gallery_image(
 ) -> None:
     page.goto(f"{dashboard}/job?job={seeded.trained}")
     expect(page.locator(".js-plotly-plot .main-svg").first).to_be_visible()
-    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 2
+    # train and val bits/dim, and test's one point after the last epoch
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 3
     images = page.get_by_test_id("stImage").locator("img").filter(visible=True)
     expect(images).to_have_count(1 + 5)  # the chosen epoch, then a strip of the 5 epochs
     widths = images.evaluate_all(

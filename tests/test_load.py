@@ -191,7 +191,15 @@ def test_progress_drained_as_redis_dies_is_written_once_it_is_back(
     relay = Relay.remote()
     ray.get([relay.put.remote("log", {"trial": None, "line": f"line {n}"}) for n in range(3)])
     ray.get(relay.put.remote("metrics", {"trial": None, "metrics": {"epoch": 1, "loss": 0.5}}))
-    job = ActiveJob(job_id, runner=None, result=None, relay=relay, needs=Resources(1.0, 0.0))
+    job = ActiveJob(
+        job_id,
+        runner=None,
+        result=None,
+        relay=relay,
+        needs=Resources(1.0, 0.0),
+        spec=validate_spec_dict(tiny_job()),
+        attempt=1,
+    )
     dispatcher = Dispatcher(stack.queue, stack.store, stack.settings)
     try:
         server.kill()

@@ -121,13 +121,19 @@ def submit_tiny_sweep(stack: Stack, **sweep: object) -> str:
     )
 
 
+def trial_errors(trials: list[dict]) -> list[str]:
+    """The end of each failed trial's error file, which Tune names as its stop reason."""
+    files = [Path(trial["reason"]) for trial in trials if trial.get("reason")]
+    return [path.read_text()[-3000:] for path in files if path.is_file()]
+
+
 def completed_trials(stack: Stack, job_id: str) -> list[dict]:
     """The trials of a sweep that succeeded, each completed, the best one recorded."""
     record = stack.wait_final(job_id, timeout=300)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
     failed = [trial for trial in trials.values() if trial["status"] != "completed"]
-    assert not failed, (failed, stack.store.logs(job_id, tail=40))
+    assert not failed, (failed, trial_errors(failed), stack.store.logs(job_id, tail=40))
     best = trials[record.result["best_trial"]]
     assert record.result["best_config"] == best["config"]
     assert record.result["best_metric"] == min(trial["metric"] for trial in trials.values())
