@@ -262,6 +262,8 @@ class Dispatcher:
 
     def _end_reaped_runs(self, job_ids: list[str]) -> None:
         """The reaped jobs' workers died with their dispatcher, before closing any tracker."""
+        if not job_ids:  # the usual housekeeping: no round trip to Redis
+            return
         for record in self.store.get_many(job_ids):
             outcome = REAPED_OUTCOMES.get(record.status)  # None: claimed again already
             if outcome is not None:

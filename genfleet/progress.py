@@ -12,6 +12,7 @@ from types import TracebackType
 from tqdm.auto import tqdm
 
 from jobs.records import JobRecord, TrialStatus
+from jobs.spec import JobSpec
 from jobs.store import JobStore
 
 
@@ -20,6 +21,7 @@ class JobProgress:
         self.job_id = job_id
         self.enabled = enabled
         self.bar: tqdm | None = None
+        self.spec: JobSpec | None = None
 
     def __enter__(self) -> JobProgress:
         return self
@@ -34,7 +36,9 @@ class JobProgress:
             self.bar.close()
 
     def show(self, record: JobRecord, store: JobStore) -> None:
-        done, total, unit = position(record, store)
+        if self.spec is None:  # parsed once: the spec of a queued job never changes
+            self.spec = record.job_spec()
+        done, total, unit = position(self.spec, record, store)
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.job_id, unit=unit, disable=not self.enabled)
         self.bar.n = done
@@ -42,9 +46,8 @@ class JobProgress:
         self.bar.refresh()
 
 
-def position(record: JobRecord, store: JobStore) -> tuple[int, int, str]:
+def position(spec: JobSpec, record: JobRecord, store: JobStore) -> tuple[int, int, str]:
     """(done, total, unit): epochs of a run, finished trials of a sweep."""
-    spec = record.job_spec()
     if spec.sweep is not None:
         trials = store.trials(record.id)
         done = sum(TrialStatus(trial["status"]).is_final for trial in trials if "status" in trial)

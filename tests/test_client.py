@@ -76,9 +76,10 @@ def test_a_sweeps_bar_counts_finished_trials_of_every_grid_combination(client: C
     job = client.submit({**TINY, "kind": "sweep", "sweep": grid})
     client.store.put_trial(job.id, "t1", {"status": "completed", "config": {}})
     client.store.put_trial(job.id, "t2", {"status": "running", "config": {}})
-    assert position(job.record(), client.store) == (1, 3, "trial")
-    run = client.submit({**TINY, "train": {"epochs": 7}})
-    assert position(run.record(), client.store) == (0, 7, "epoch")
+    record = job.record()
+    assert position(record.job_spec(), record, client.store) == (1, 3, "trial")
+    run = client.submit({**TINY, "train": {"epochs": 7}}).record()
+    assert position(run.job_spec(), run, client.store) == (0, 7, "epoch")
 
 
 def test_an_invalid_spec_raises_one_error_listing_every_field(client: Client) -> None:

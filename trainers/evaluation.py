@@ -48,14 +48,15 @@ def evaluate_checkpoint(
     model = build_model(spec.model.type, params, data.shape, data.num_classes)
     load_weights(model, state, folder)
     device = device or torch.device("cpu")
-    loader = evaluation_loader(data.split(split), spec.train.batch_size, rank=0, world_size=1)
+    images = data.split(split)
+    loader = evaluation_loader(images, spec.train.batch_size, rank=0, world_size=1)
     with evaluation_mode(model.to(device)) as evaluated:
         metrics = evaluate_split(evaluated, loader, f"{split}_", True, device, on_batch)
     return {
         "checkpoint": str(folder),
         "epoch": state["epoch"],
         "split": split,
-        "images": len(data.split(split)),  # type: ignore[arg-type]
+        "images": len(images),  # type: ignore[arg-type]
         "likelihood": likelihood_kind(model),
         **metrics,
     }

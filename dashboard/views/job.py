@@ -45,7 +45,8 @@ def when(timestamp: float | None) -> str:
     return f"{stamp} ({format_age(time.time() - timestamp)} ago)"
 
 
-def header(record: JobRecord, trial: dict[str, Any] | None) -> None:
+def header(record: JobRecord, trial: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
+    """`rows`: the trial's metric rows when `trial` is given (its bits/dim come from them)."""
     if trial is None:
         st.title(record.name)
         st.caption(f"job `{record.id}` · {record.kind} · {record.model_type} on {record.dataset}")
@@ -63,7 +64,7 @@ def header(record: JobRecord, trial: dict[str, Any] | None) -> None:
     if trial is None:
         val, test = bits_per_dim(record)
     else:
-        val, test = latest_bits_per_dim(connection.store().metrics(record.id, trial["trial_id"]))
+        val, test = latest_bits_per_dim(rows)
     best = "Best trial's " if record.kind == "sweep" and trial is None else ""
     for column, label, value in ((val_bits, "val", val), (test_bits, "test", test)):
         column.metric(
@@ -92,8 +93,7 @@ def header(record: JobRecord, trial: dict[str, Any] | None) -> None:
         )
 
 
-def curves(job_id: str, trial: str | None) -> None:
-    rows = connection.store().metrics(job_id, trial=trial)
+def curves(job_id: str, trial: str | None, rows: list[dict[str, Any]]) -> None:
     keys = curve_keys(rows)
     if not keys:
         st.info("No metrics yet: the first row arrives after the first epoch.")
@@ -163,11 +163,12 @@ def job_view(job_id: str, trial_id: str | None, shown_status: JobStatus) -> None
         if trial is None:
             st.error(f"Sweep job `{job_id}` has no trial `{trial_id}`.")
             return
-    header(record, trial)
     # A sweep reports no curves of its own: its page shows its best trial's.
     shown = trial_id or (record.result.get("best_trial") if record.kind == "sweep" else None)
+    rows = connection.store().metrics(job_id, trial=shown)  # read once for header and curves
+    header(record, trial, rows)
     st.subheader("Curves" if shown == trial_id else f"Curves of the best trial, {shown}")
-    curves(job_id, shown)
+    curves(job_id, shown, rows)
     st.subheader("Images" if shown == trial_id else f"Images of the best trial, {shown}")
     gallery(job_id, shown, connection.store().list_images(job_id, trial=shown), "job")
     details(record, trial_id)
