@@ -42,7 +42,7 @@ def fill(queue: JobQueue, jobs: int) -> None:
     for _ in range(jobs // 5):
         claimed = queue.claim(WORKER, lease_seconds=600)
         assert claimed is not None
-        queue.complete(claimed.job_id, WORKER, {})
+        queue.complete(claimed.lease, {})
     for job_id in queue.queued(limit=jobs // 10):
         queue.cancel(job_id)
 

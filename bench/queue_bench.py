@@ -84,7 +84,7 @@ def run_genfleet(client: redis.Redis, jobs: int) -> Run:
     for _ in range(jobs):
         latency, claimed = timed(lambda: queue.claim(WORKER, lease_seconds=60))
         latencies.append(latency)
-        queue.complete(claimed.job_id, WORKER, {})
+        queue.complete(claimed.lease, {})
     return Run("genfleet", jobs, submit_seconds, time.perf_counter() - start, latencies)
 
 

@@ -55,6 +55,7 @@ from cluster.dispatcher import Dispatcher
 from cluster.job_runner import REPORT_POLL_SECONDS, REPORT_POLL_VARIABLE, build_trainer
 from cluster.ray_runtime import connect_ray
 from cluster.relay import Relay
+from jobs.messages import Message, Metrics
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.redis_server import ensure_embedded, stop_embedded
@@ -150,14 +151,31 @@ def train_on_ray(
         "job_id": None,  # no queued job, so no attempt: its MLflow run is never reused
         "attempt": None,
         "trial": None,
+        "resume_from": None,
     }
-    trainer = build_trainer(spec, run_name, str(work / "ray-storage"), loop_config)
+    storage = str(work / "ray-storage")
+    trainer = build_trainer(
+        spec,
+        loop_config,
+        run_dir=f"{storage}/{run_name}",
+        storage_path=storage,
+        run_name=run_name,
+        keep_checkpoints=2,
+    )
     started = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - started
-    messages = ray.get(relay.drain.remote())
+    messages = drain_all(relay)
     ray.kill(relay)
-    return TrainRun([payload["metrics"] for kind, payload in messages if kind == "metrics"], wall)
+    return TrainRun([message.metrics for message in messages if isinstance(message, Metrics)], wall)
+
+
+def drain_all(relay: Any) -> list[Message]:
+    """Every message the run put into its relay, in order."""
+    messages: list[Message] = []
+    while batch := ray.get(relay.drain.remote(1000)):
+        messages.extend(batch)
+    return messages
 
 
 def train_both_ways(plan: Plan, work: Path, data_dir: Path) -> dict[str, list[TrainRun]]:

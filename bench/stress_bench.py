@@ -35,7 +35,7 @@ from typing import Any
 import redis
 
 from jobs.queue import JobQueue
-from jobs.records import JobStatus
+from jobs.records import JobStatus, Lease, LeaseLost
 from jobs.redis_server import ensure_embedded, stop_embedded
 from jobs.spec import JobSpec
 from jobs.store import JobStore
@@ -46,6 +46,9 @@ SPEC = JobSpec.model_validate({"model": {"type": "pixelcnn"}, "data": {"dataset"
 REAP_EVERY_SECONDS = 1.0  # how often each claim loop requeues expired leases
 RETRY_PAUSE_SECONDS = 0.1  # after a Redis error: it is restarting, or the network is back soon
 SPAWN = multiprocessing.get_context("spawn")  # fresh interpreters, as separate hosts would be
+# How long the processes get to exit by themselves once a run is left: a clean exit takes
+# several seconds on a loaded 2-core machine, and one killed then would fail its exit-code check.
+EXIT_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Submitted:
 
 @dataclass(frozen=True)
 class Claimed:
-    worker_id: str
+    dispatcher_id: str
     job_ids: list[str]  # in claim order; a claim whose reply was lost is not in here
     latencies: list[float]  # seconds, of each claim that returned a job
     redis_errors: int  # ConnectionErrors ridden out
@@ -87,7 +90,12 @@ def submit_jobs(target: Target, count: int, start: Any, results: Any) -> None:
 
 
 def claim_until_drained(
-    target: Target, worker_id: str, lease_seconds: float, submitting: Any, start: Any, results: Any
+    target: Target,
+    dispatcher_id: str,
+    lease_seconds: float,
+    submitting: Any,
+    start: Any,
+    results: Any,
 ) -> None:
     """Runs in a spawned process: claim and complete until no one submits and nothing is
     queued or running. A Redis error costs a pause, never the loop."""
@@ -105,7 +113,7 @@ def claim_until_drained(
                 queue.requeue_expired()
                 last_reap = time.monotonic()
             asked = time.monotonic()
-            job = queue.claim(worker_id, lease_seconds)
+            job = queue.claim(dispatcher_id, lease_seconds)
             if job is None:
                 if not submitting.is_set() and _drained(store):
                     break
@@ -118,24 +126,33 @@ def claim_until_drained(
             errors += 1
             time.sleep(RETRY_PAUSE_SECONDS)
             continue
-        errors += _complete_once_answered(queue, job.job_id, worker_id)
+        errors += _complete_once_answered(queue, job.lease)
     results.put(
         Claimed(
-            worker_id, job_ids, latencies, errors, claimed_after_errors, started, time.monotonic()
+            dispatcher_id,
+            job_ids,
+            latencies,
+            errors,
+            claimed_after_errors,
+            started,
+            time.monotonic(),
         )
     )
 
 
-def _complete_once_answered(queue: JobQueue, job_id: str, worker_id: str) -> int:
+def _complete_once_answered(queue: JobQueue, lease: Lease) -> int:
     """Complete the job, retrying through Redis errors; returns the errors ridden out.
 
-    A complete that ran but whose reply was lost answers False on the retry (the job is no
-    longer running): it succeeded once, which is all that matters.
+    A complete that ran but whose reply was lost raises LeaseLost on the retry (the job is no
+    longer running): it succeeded once, which is all that matters. So does a lease the reaper
+    took while Redis was away: the loop that claims the job next completes it.
     """
     errors = 0
     while True:
         try:
-            queue.complete(job_id, worker_id, {"by": worker_id})
+            queue.complete(lease, {"by": lease.owner})
+            return errors
+        except LeaseLost:
             return errors
         except redis.ConnectionError:
             errors += 1
@@ -218,8 +235,9 @@ class LoadRun:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
         for process in self.processes:
-            process.join(timeout=5)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)

@@ -83,9 +83,9 @@ def local_copy(location: str) -> Iterator[tuple[Path, str]]:
 def newest_checkpoint(filesystem: Any, root: str) -> str | None:
     """`root` when it is a checkpoint folder, else the newest one up to two levels below it.
 
-    Two levels covers `run-local`'s `OUT/checkpoints/epoch-NNNN` and Ray Train's
-    `STORAGE/<run>/checkpoint_<time>`. Newest is the greatest folder name: both name their
-    folders so that names sort in saving order, where file times do not survive a copy.
+    Two levels covers `run-local`'s `OUT/checkpoints/epoch-NNNN`, a cluster job's
+    `STORAGE/<job>/claim-N/epoch-NNNN` and a sweep trial's `STORAGE/<job>-<trial>/epoch-NNNN`.
+    Newest is the greatest folder name, the latest epoch: file times do not survive a copy.
     """
     import pyarrow.fs
 

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from genfleet.errors import SpecFileError
 from jobs.limits import LimitError
-from jobs.records import InvalidTransition, JobNotFound
+from jobs.records import IdempotencyConflict, InvalidTransition, JobNotFound
 from jobs.redis_server import EmbeddedRedisError
 from jobs.spec_errors import SpecError
 
@@ -60,7 +60,7 @@ def friendly_errors() -> Iterator[Outcome]:
     except SpecFileError as exc:
         stderr.print(f"error: {exc}")
         outcome.code = EXIT_INVALID
-    except (InvalidTransition, UserError) as exc:
+    except (InvalidTransition, IdempotencyConflict, UserError) as exc:
         stderr.print(f"error: {exc}")
         outcome.code = getattr(exc, "exit_code", EXIT_INVALID)
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:

@@ -19,7 +19,9 @@ from rich.table import Table
 from cluster.cli_errors import EXIT_INVALID, stderr
 from genfleet.errors import SpecFileError
 from genfleet.specs import as_spec
+from jobs.keys import MAX_INTERRUPTIONS
 from jobs.records import JobRecord, JobStatus
+from jobs.scheduling import WaitingJob, sent_demand
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.spec_errors import SpecError
@@ -59,8 +61,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=list_jobs)
 
-    command = subcommands.add_parser("status", help="a job's record, progress and events")
-    command.add_argument("job_id", metavar="JOB")
+    command = subcommands.add_parser(
+        "status",
+        help="a job's record, progress and events; without JOB, the jobs waiting and why, and "
+        "what was asked of Ray's autoscaler",
+    )
+    command.add_argument("job_id", metavar="JOB", nargs="?")
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=status)
 
@@ -216,7 +222,10 @@ def _epochs(record: JobRecord) -> int | None:
 
 
 def status(args: argparse.Namespace) -> int:
-    job = open_client().job(args.job_id)
+    client = open_client()
+    if args.job_id is None:
+        return _queue_status(args, client.store.cluster_status())
+    job = client.job(args.job_id)
     record, events = job.record(), job.events()
     if args.json:
         body = {**asdict(record), "events": [asdict(event) for event in events]}
@@ -226,9 +235,13 @@ def status(args: argparse.Namespace) -> int:
     stdout.print(f"  {record.name}  ({record.kind}, {record.model_type})")
     stdout.print(
         f"status: {record.status.value}   attempts: {record.attempts}/{record.max_attempts}"
+        f"   interruptions: {record.interruptions}/{MAX_INTERRUPTIONS}"
     )
     if record.pending_reason and record.status == JobStatus.QUEUED:
-        stdout.print(f"waiting: {record.pending_reason}")
+        stdout.print(f"why waiting: {record.pending_reason}")
+        demand = sent_demand(client.store.cluster_status())
+        if demand is not None and record.id in demand.job_ids:
+            stdout.print(f"asked of Ray's autoscaler: {demand.describe()}")
     progress, epochs = record.progress or {}, _epochs(record)
     if epochs and "epoch" in progress:
         bar = ProgressBar(total=epochs, completed=progress["epoch"], width=30)
@@ -249,6 +262,36 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_status(args: argparse.Namespace, cluster: dict[str, Any] | None) -> int:
+    """What the live dispatchers last said about the queue: who waits, why, and the demand."""
+    if args.json:
+        print(json.dumps(cluster))
+        return 0
+    if cluster is None:
+        stdout.print("no dispatcher has reported; start one with `genfleet worker`")
+        return 0
+    bound = cluster.get("max_cluster") or "unbounded"
+    stdout.print(
+        f"dispatchers: {len(cluster['dispatchers'])}   largest cluster "
+        f"(GENFLEET_MAX_CLUSTER): {bound}"
+    )
+    waiting = [WaitingJob.from_json(job) for job in cluster.get("waiting", [])]
+    stdout.print(f"waiting: {len(waiting)} job(s) at the head of the queue")
+    for job in waiting:
+        stdout.print(f"  {job.job_id}  {job.reason}")
+    demand = sent_demand(cluster)
+    if demand is not None:
+        ago = max(time.time() - demand.sent_at, 0.0)
+        stdout.print(
+            f"asked of Ray's autoscaler: {demand.describe()} ({ago:.0f} s ago, by "
+            f"{demand.dispatcher})"
+        )
+        for entry in demand.bundles:
+            shape = ", ".join(f"{name}: {value:g}" for name, value in entry.bundle.items())
+            stdout.print(f"  {entry.count} x {{{shape}}}")
+    return 0
+
+
 def _numbers(values: dict[str, Any], keys: tuple[str, ...]) -> str:
     """`   val bits/dim 1.2345   test bits/dim 1.2400` for the keys that hold a number."""
     shown = [
@@ -260,7 +303,12 @@ def _numbers(values: dict[str, Any], keys: tuple[str, ...]) -> str:
 
 
 def cancel(args: argparse.Namespace) -> int:
-    return _print_status(args, open_client().job(args.job_id).cancel())
+    status = open_client().job(args.job_id).cancel()
+    if status is JobStatus.RUNNING and not args.json:
+        # One final state everywhere: a run stopped, or one that finished first, ends cancelled.
+        print(f"{args.job_id}: cancel requested; it ends cancelled once its dispatcher acts")
+        return 0
+    return _print_status(args, status)
 
 
 def retry(args: argparse.Namespace) -> int:

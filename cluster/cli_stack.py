@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
 import subprocess
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -16,7 +18,6 @@ from jobs.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "examples"
 DEMO_SPECS = ("demo_pixelcnn_digits.yaml", "demo_sweep_digits.yaml")
-STOP_TIMEOUT_SECONDS = 10.0
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -79,10 +80,12 @@ def _dispatcher(settings: Settings, args: argparse.Namespace) -> tuple[Any, str 
 
 
 def worker(args: argparse.Namespace) -> int:
+    # Operators read why a run stopped or a lease went (cluster/dispatcher.py) in this output.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     dispatcher, _ = _dispatcher(settings, args)
     stop = _stop_on_signals()
-    stderr.print(f"dispatcher {dispatcher.worker_id} draining the queue; Ctrl-C to stop")
+    stderr.print(f"dispatcher {dispatcher.dispatcher_id} draining the queue; Ctrl-C to stop")
     dispatcher.run(stop)
     return 0
 
@@ -97,21 +100,29 @@ def up(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.cli_jobs import open_client
-    from jobs.redis_server import describe_url
+    from dashboard.launch import sigterm_interrupts, stop_dashboard
+    from jobs.redis_server import describe_url, embedded_server, stop_embedded
 
     settings = Settings.from_env()
-    client = open_client()
-    stderr.print(f"redis      {describe_url(client.redis)}")
-    # The dashboard starts first: a bind it refuses stops `up` before Ray is started for nothing.
-    process = None if args.no_dashboard else _start_dashboard(settings)
-    try:
+    # Until the dispatcher loop takes the signals over, Ctrl-C and SIGTERM interrupt the start,
+    # and `stack` stops what `up` has started so far, the newest first.
+    with sigterm_interrupts(), ExitStack() as stack:
+        if not settings.redis_url and embedded_server(settings.home).started:
+            # Only a server this run started: one that already ran serves other commands.
+            stack.callback(stop_embedded, settings.home)
+        client = open_client()
+        stderr.print(f"redis      {describe_url(client.redis)}")
+        # The dashboard starts first: a bind it refuses stops `up` before Ray starts for nothing.
+        if not args.no_dashboard:
+            stack.callback(stop_dashboard, _start_dashboard(settings))
+        stack.callback(ray.shutdown)
         dispatcher, ray_dashboard = _dispatcher(settings, args)
         stop = _stop_on_signals()
         stderr.print(f"ray        {_as_url(ray_dashboard) or 'connected'}")
         # Ray's own CLI needs to be told that this cluster checks tokens (README, "Ray's tools").
         gcs = ray.get_runtime_context().gcs_address
         stderr.print(f"ray tools  RAY_AUTH_MODE=token ray status --address {gcs}")
-        if process is not None:
+        if not args.no_dashboard:
             stderr.print(
                 f"dashboard  http://{settings.dashboard_address}:{settings.dashboard_port}"
             )
@@ -121,10 +132,6 @@ def up(args: argparse.Namespace) -> int:
             "submit with: genfleet submit jobs/examples/pixelcnn_digits.yaml; Ctrl-C stops all"
         )
         dispatcher.run(stop)
-    finally:
-        if process is not None:
-            _stop_process(process)
-        ray.shutdown()
     return 0
 
 
@@ -164,12 +171,3 @@ def _submit_demo_jobs(client: Any) -> None:
         # A fixed key: a second `up --demo` on the same Redis queues no second copy.
         job = client.submit(EXAMPLES / name, idempotency_key=f"demo-{name}")
         stderr.print(f"demo job   {job.id} ({name})")
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

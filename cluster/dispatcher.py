@@ -1,15 +1,26 @@
 """The dispatcher (`genfleet worker`): drains the Redis queue onto a Ray cluster.
 
 One loop, a tick every `poll_seconds`:
-1. reap expired leases (unless the job's runner actor is still alive on Ray),
-2. fail jobs that can never fit the cluster, explain why the others wait,
-3. claim jobs that fit the free resources and start a runner actor for each,
-4. for every job it runs: renew the lease, relay progress into the store, act on cancel,
-   record success or failure.
-A run it stops or finds dead never closed its trackers: for each one, the dispatcher ends the
-job's MLflow runs still RUNNING (KILLED or FAILED), in a thread that does not hold up the tick.
-Several dispatchers may share one Redis and one Ray cluster: claims are atomic in Redis and
-free resources are counted from every running job in the store, whoever started it.
+1. stop the runs whose lease the lease keeper (cluster/lease_keeper.py, a thread of its own,
+   so that nothing slow here delays a renewal) no longer holds;
+2. housekeeping every 2 s, each step on its own: reap expired leases, explain why queued jobs
+   wait (failing those that can never fit), publish this dispatcher's view of the cluster;
+3. claim jobs that fit the free resources and start a runner actor for each;
+4. for every job it runs, on its own: relay a bounded batch of the run's messages into the
+   store, act on cancel, record the outcome.
+A job's trouble stays that job's: a relay that died, a message Redis refuses or a lost lease
+ends or hands back that one job, with the reason, and every other job is serviced in the same
+tick.
+
+Everything written for a run carries its lease (jobs/queue.py), so once another dispatcher owns
+a job nothing from this one lands, and a refused write stops this copy of the run at once. A
+dispatcher that cannot renew a lease for `lease_seconds` (cut off from Redis) stops that run
+itself, since by then another dispatcher may own it. Stopped with SIGTERM or Ctrl-C, it hands
+its jobs back at once, without using an attempt. A run it stops or finds dead never closed its
+trackers: the dispatcher ends the job's MLflow runs still RUNNING (KILLED or FAILED), in a
+thread that does not hold up the tick. Several dispatchers may share one Redis and one Ray
+cluster: claims are atomic in Redis and free resources are counted from every running job in
+the store, whoever started it.
 """
 
 from __future__ import annotations
@@ -21,19 +32,41 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections import deque
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 
 from cluster import ray_runtime
-from cluster.job_runner import is_running_on_ray, start_runner
-from cluster.placement import Resources, never_fits_reason, pending_reason
-from cluster.relay import Message, Relay
-from cluster.relay_sink import write_messages
-from jobs.keys import DISPATCHER_STATUS_TTL_SECONDS
-from jobs.queue import JobQueue
-from jobs.records import JobStatus, LeaseLost
+from cluster.autoscaling import AutoscalerDemand
+from cluster.checkpoint_pruning import Deletions, RecordedCheckpoints
+from cluster.job_runner import is_running_on_ray, run_folder, start_runner, stop_stale_runner
+from cluster.lease_keeper import LeaseKeeper
+from cluster.placement import Resources, judge_queued_jobs, largest_cluster
+from cluster.relay import Relay
+from jobs.keys import (
+    DISPATCHER_STATUS_TTL_SECONDS,
+    RUN_WRITE_BYTES_PER_TICK,
+    RUN_WRITES_PER_TICK,
+)
+from jobs.messages import (
+    Checkpoint,
+    Controller,
+    Fatal,
+    Log,
+    Message,
+    PlacementGroup,
+    TrialUpdate,
+    Worker,
+    message_bytes,
+)
+from jobs.queue import ClaimedJob, JobQueue
+from jobs.records import InvalidTransition, JobRecord, JobStatus, Lease, LeaseLost, TrialStatus
+from jobs.scheduling import WaitingJob
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import JobStore
@@ -44,29 +77,48 @@ log = logging.getLogger("genfleet.dispatcher")
 NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
+PRUNE_SECONDS = 15.0  # the most a stopping dispatcher waits for its checkpoint deletions
+RELAY_TIMEOUT_SECONDS = 60.0  # a relay silent this long is lost (its node, most likely)
+FINAL_DRAIN_BATCHES = 1000  # bounds the last drain of a finished run
 # How the reaper leaves a job whose dispatcher died, and so how that attempt's runs end.
-REAPED_OUTCOMES = {JobStatus.QUEUED: RunOutcome.KILLED, JobStatus.DEAD: RunOutcome.FAILED}
+REAPED_OUTCOMES = {
+    JobStatus.QUEUED: RunOutcome.KILLED,
+    JobStatus.CANCELLED: RunOutcome.KILLED,
+    JobStatus.DEAD: RunOutcome.FAILED,
+}
+
+
+class RelayLost(RuntimeError):
+    """The run's relay actor died or cannot be reached: its messages can no longer come home."""
 
 
 @dataclass
 class ActiveJob:
-    job_id: str
+    lease: Lease  # the claim: owner and fencing token of every write made for the run
     runner: Any
     result: ray.ObjectRef
     relay: Any
     needs: Resources
     spec: JobSpec
-    attempt: int  # the queue's count of claims, which tags the run's MLflow runs
-    lease_renewed_at: float = field(default_factory=time.monotonic)
-    workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, node_id
+    attempt: int  # attempts used, this one included, as the record counts them
+    serviced_at: float = field(default_factory=time.monotonic)  # last tick that went through
+    workers: dict[int, Worker] = field(default_factory=dict)  # rank -> where it runs
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
+    trial_groups: dict[str, set[str]] = field(default_factory=dict)  # trial -> its workers'
     controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
-    undelivered: list[Message] = field(default_factory=list)  # drained, not yet in Redis
+    checkpoints: RecordedCheckpoints | None = None  # a train job's, pruned as new ones land
+    undelivered: deque[Message] = field(default_factory=deque)  # drained, not yet in Redis
+    drain: ray.ObjectRef | None = None  # the relay's answer to come, collected when ready
+    drain_sent_at: float = 0.0
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
     @property
+    def job_id(self) -> str:
+        return self.lease.job_id
+
+    @property
     def node_ids(self) -> list[str]:
-        return sorted({worker["node_id"] for worker in self.workers.values()})
+        return sorted({worker.node_id for worker in self.workers.values()})
 
 
 class Dispatcher:
@@ -77,19 +129,25 @@ class Dispatcher:
         settings: Settings,
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
-        worker_id: str | None = None,
+        dispatcher_id: str | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
         self.settings = settings
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.dispatcher_id = dispatcher_id or f"{socket.gethostname()}-{os.getpid()}"
         self.active: dict[str, ActiveJob] = {}
         self._last_housekeeping = 0.0
+        self.leases = LeaseKeeper(queue, lease_seconds, on_lost=self._halt)
+        self._expired_since: dict[str, float] = {}  # other dispatchers' expired, live runs
+        self.autoscaler_demand = AutoscalerDemand(self.dispatcher_id, settings.max_cluster)
+        self.waiting: list[WaitingJob] = []  # as last explained, for the published status
+        self.deletions = Deletions()  # of the recorded checkpoints its jobs no longer keep
 
     def run(self, stop: threading.Event) -> None:
-        log.info("dispatcher %s started", self.worker_id)
+        log.info("dispatcher %s started", self.dispatcher_id)
+        self.leases.start()
         while not stop.is_set():
             try:
                 self.tick()
@@ -99,20 +157,61 @@ class Dispatcher:
         self.shutdown()
 
     def tick(self) -> None:
+        for job in list(self.active.values()):
+            reason = self.leases.lost(job.job_id)
+            if reason is not None:
+                self._drop(job, reason)
         now = time.monotonic()
         if now - self._last_housekeeping >= max(2.0, self.poll_seconds):
-            self._end_reaped_runs(self.queue.requeue_expired(still_running=is_running_on_ray))
-            self._explain_waiting_jobs()
-            self._publish_cluster_status()
             self._last_housekeeping = now
+            housekeeping = (
+                self._reap,
+                self._explain_waiting_jobs,
+                self._publish_cluster_status,
+                self.deletions.forget_done,
+            )
+            for step in housekeeping:
+                try:  # each on its own: one bad queued record must not stop the others
+                    step()
+                except Exception:
+                    log.exception("housekeeping step %s failed; the tick goes on", step.__name__)
         self._claim_fitting_jobs()
         for job in list(self.active.values()):
-            self._service(job)
+            self._service_alone(job)
+
+    def _reap(self) -> None:
+        asked: set[str] = set()  # the expired leases of this round
+
+        def keeps(job_id: str) -> bool:
+            asked.add(job_id)
+            return self._keeps_expired(job_id)
+
+        self._end_reaped_runs(self.queue.requeue_expired(still_running=keeps))
+        # Forget expiries that are gone (renewed, or reaped by another dispatcher), so that
+        # a later expiry of the job starts its grace period afresh.
+        for job_id in set(self._expired_since) - asked:
+            del self._expired_since[job_id]
 
     def shutdown(self) -> None:
-        """Stop our runs; their leases lapse and another dispatcher resumes them."""
-        self._stop_runs(list(self.active.values()))
-        self.active.clear()
+        """Stop our runs and hand their jobs back at once, without using an attempt; the next
+        dispatcher to claim one resumes it from its last checkpoint."""
+        jobs = list(self.active.values())
+        self._stop_runs(jobs)
+        reason = f"handed back: dispatcher {self.dispatcher_id} stopped"
+        for job in jobs:
+            try:
+                self._store_what_is_left(job)
+                self.queue.release(job.lease, reason)
+                self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
+            except Exception as exc:  # Redis is gone, or the lease: its expiry hands it back
+                log.warning("could not hand back %s (%s); its lease will expire", job.job_id, exc)
+            finally:
+                self._forget(job)
+        try:
+            self.deletions.settle(PRUNE_SECONDS)
+        except Exception as exc:  # Ray is gone: so are its tasks, nothing left to wait for
+            log.warning("could not wait for the checkpoint deletions (%s)", exc)
+        self.leases.stop()
 
     def _stop_runs(self, jobs: list[ActiveJob]) -> None:
         """Stop runs for good and free everything they reserved.
@@ -128,21 +227,65 @@ class Dispatcher:
         """
         if not jobs:
             return
-        for job in jobs:
-            ray.kill(job.runner, no_restart=True)
-        gone = [job.result for job in jobs]
-        gone += [
-            controller.abort.remote() for job in jobs for controller in job.controllers.values()
-        ]
-        ray.wait(gone, num_returns=len(gone), timeout=STOP_SECONDS)
-        for job in jobs:
-            ray_runtime.remove_placement_groups(job.placement_groups)
+        try:
+            for job in jobs:
+                ray.kill(job.runner, no_restart=True)
+            gone = [job.result for job in jobs]
+            gone += [
+                controller.abort.remote() for job in jobs for controller in job.controllers.values()
+            ]
+            ray.wait(gone, num_returns=len(gone), timeout=STOP_SECONDS)
+            for job in jobs:
+                ray_runtime.remove_placement_groups(job.placement_groups)
+        except Exception:  # Ray unreachable: its runners die with this driver's connection
+            log.exception("could not stop every run of %s", [job.job_id for job in jobs])
+
+    def _store_what_is_left(self, job: ActiveJob) -> None:
+        """Store what a stopped run sent before it stopped, so that the next claim resumes
+        from its newest checkpoint; best effort, as without it that claim redoes a few epochs.
+        """
+        try:
+            self._relay_everything(job)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.warning("job %s: could not store its last messages (%s)", job.job_id, exc)
+
+    def _keeps_expired(self, job_id: str) -> bool:
+        """Whether the reaper leaves an expired lease alone for now.
+
+        Our own jobs: we renew them or stop them ourselves. Another dispatcher's job whose
+        runner still lives on Ray: that dispatcher may be back from a Redis outage, or about to
+        stop the run itself; after one more lease period it is hung, and its runner is stopped
+        here, so that the job can run elsewhere and never has two live runners.
+        """
+        if job_id in self.active:
+            return True
+        if not is_running_on_ray(job_id):
+            self._expired_since.pop(job_id, None)
+            return False
+        first_seen = self._expired_since.setdefault(job_id, time.monotonic())
+        if time.monotonic() - first_seen < self.lease_seconds:
+            return True
+        del self._expired_since[job_id]
+        stopped = stop_stale_runner(job_id, STOP_SECONDS)
+        log.warning(
+            "job %s: lease expired, its runner still alive after %g s: %s",
+            job_id,
+            self.lease_seconds,
+            "stopped it; requeueing" if stopped else "could not stop it yet",
+        )
+        return not stopped
 
     # -- claiming -----------------------------------------------------------------------------
 
-    def _free_resources(self) -> Resources:
+    def _running_records(self) -> list[JobRecord]:
+        """Every running job in the store, whichever dispatcher runs it."""
+        return self.store.list_jobs(status=JobStatus.RUNNING.value, limit=10_000).records
+
+    def _free_resources(self, running: list[JobRecord] | None = None) -> Resources:
         total = ray_runtime.cluster_resources()
-        running = self.store.list_jobs(status=JobStatus.RUNNING.value, limit=10_000).records
+        running = self._running_records() if running is None else running
         used = Resources(
             cpus=sum(record.needs_cpus for record in running),
             gpus=sum(record.needs_gpus for record in running),
@@ -153,112 +296,260 @@ class Dispatcher:
 
     def _claim_fitting_jobs(self) -> None:
         while True:
+            claimed_at = time.monotonic()  # no later than Redis starts the lease
             claimed = self.queue.claim(
-                self.worker_id, self.lease_seconds, fits=self._free_resources()
+                self.dispatcher_id, self.lease_seconds, fits=self._free_resources()
             )
             if claimed is None:
                 return
-            self._start(claimed.job_id, claimed.spec, claimed.attempt)
+            self.leases.hold(claimed.lease, claimed_at)
+            try:
+                self._start(claimed)
+            except Exception as exc:  # Ray refused the runner: the job goes back, untouched
+                log.exception("job %s: could not start its run", claimed.job_id)
+                self.leases.let_go(claimed.job_id)
+                with suppress(Exception):
+                    self.queue.release(claimed.lease, f"could not start its run: {exc}")
 
-    def _start(self, job_id: str, spec: Any, attempt: int) -> None:
-        relay = Relay.remote()
+    def _start(self, claimed: ClaimedJob) -> None:
+        job_id, spec, lease = claimed.job_id, claimed.spec, claimed.lease
+        if job_id in self.active:  # claimed again (a Redis restart lost our claim's renewal)
+            self._drop(self.active[job_id], "claimed again; the older copy stops")
+            self.leases.hold(lease, time.monotonic())
+        # Before the relay starts, so that Redis failing here leaves no actor behind.
+        recorded: dict[str | None, list[str]] = {}  # trial (None: the job's) -> newest first
+        for checkpoint in reversed(self.store.checkpoints(job_id)):
+            recorded.setdefault(checkpoint.trial, []).append(checkpoint.uri)
+        head = ray_runtime.on_the_head()
+        relay = Relay.options(scheduling_strategy=head).remote()
         try:
-            runner, result = start_runner(
-                job_id, attempt, spec, relay, self.settings.storage, str(self.settings.data_dir)
-            )
-        except ValueError:  # the runner's name is taken: the job still runs under another owner
-            self.store.append_event(job_id, "already running on Ray; not started twice")
+            runner, result = self._start_runner(claimed, relay, recorded)
+        except ValueError:  # its name is still taken: a copy from an older lease lives on
+            ray.kill(relay, no_restart=True)
+            self.leases.let_go(job_id)
+            # Not an interruption: no run of ours was lost, and counting it would burn the cap
+            # in a minute while a partitioned node keeps the old runner's name.
+            self.queue.release(lease, "an earlier run of this job is still stopping on Ray")
             return
         needs = Resources(cpus=spec.needs_cpus, gpus=spec.needs_gpus)
-        self.active[job_id] = ActiveJob(job_id, runner, result, relay, needs, spec, attempt)
-        verb = "resuming from its last checkpoint" if attempt > 1 else "starting"
-        self.store.append_log(job_id, f"[dispatcher {self.worker_id}] attempt {attempt}: {verb}")
+        job = ActiveJob(lease, runner, result, relay, needs, spec, claimed.attempt)
+        if spec.kind == "train":
+            run_dir = run_folder(self.settings.storage, job_id)
+            uris = recorded.get(None, [])[::-1]
+            job.checkpoints = RecordedCheckpoints(run_dir, lease.claim, uris, head, self.deletions)
+        self.active[job_id] = job
+        verb = "resuming from its last checkpoint" if lease.claim > 1 else "starting"
+        job.undelivered.append(
+            Log(f"[dispatcher {self.dispatcher_id}] attempt {claimed.attempt}: {verb}")
+        )
+
+    def _start_runner(
+        self, claimed: ClaimedJob, relay: Any, recorded: dict[str | None, list[str]]
+    ) -> tuple[Any, ray.ObjectRef]:
+        """Start the job's runner (`recorded`: its checkpoints by trial, newest first); a
+        runner left from an older lease is stopped first, as the claim makes us the job's only
+        owner."""
+        start = partial(
+            start_runner,
+            claimed.job_id,
+            claimed.lease.claim,
+            claimed.spec,
+            relay,
+            self.settings.storage,
+            str(self.settings.data_dir),
+            recorded=recorded,
+        )
+        try:
+            return start()
+        except ValueError:
+            stop_stale_runner(claimed.job_id, STOP_SECONDS)
+            return start()
 
     def _explain_waiting_jobs(self) -> None:
-        """Fail jobs that can never fit; give the rest a plain-words reason to wait."""
-        cluster = ray_runtime.cluster_resources()
-        free = self._free_resources()
-        waiting = self.store.get_many(self.queue.queued(limit=50))
-        for ahead, record in enumerate(waiting):
-            needs = Resources(cpus=record.needs_cpus, gpus=record.needs_gpus)
-            scaling = record.spec.get("scaling", {})
-            impossible = never_fits_reason(needs, scaling, cluster, is_sweep=record.kind == "sweep")
-            if impossible:
-                self.queue.reject(record.id, impossible)
-                continue
-            reason = pending_reason(needs, free, ahead)
-            if reason != record.pending_reason:
-                self.queue.set_pending_reason(record.id, reason)
+        """Fail jobs that can never fit or waited too long; give the rest a plain-words reason
+        to wait, and ask Ray's autoscaler for the nodes they wait for."""
+        queued = self.store.get_many(self.queue.queued(limit=50))
+        largest = largest_cluster(self.settings.max_cluster)
+        running = self._running_records()
+        cluster, free = ray_runtime.cluster_resources(), self._free_resources(running)
+        verdicts = judge_queued_jobs(queued, cluster, free, largest, time.time())
+        for verdict in verdicts:
+            if verdict.rejected:
+                with suppress(InvalidTransition):  # claimed or cancelled since it was read
+                    self.queue.reject(verdict.record.id, verdict.reason)
+            elif verdict.reason != verdict.record.pending_reason:
+                self.queue.set_pending_reason(verdict.record.id, verdict.reason)
+        waiting = [verdict for verdict in verdicts if not verdict.rejected]
+        self.waiting = [WaitingJob(verdict.record.id, verdict.reason) for verdict in waiting]
+        self.autoscaler_demand.update(running, [verdict.record for verdict in waiting])
 
     # -- running ------------------------------------------------------------------------------
 
-    def _relay(self, job: ActiveJob) -> None:
-        # A message leaves `undelivered` only once stored, so a Redis outage delays a run's
-        # metrics and images instead of losing the ones drained when it began.
-        job.undelivered.extend(ray.get(job.relay.drain.remote()))
-        for kind, payload in job.undelivered:
-            if kind == "fatal" and payload.get("trial") is None:
-                job.fatal_error = payload["error"]
-            if payload.get("placement_group"):
-                job.placement_groups.add(payload["placement_group"])
-            if kind == "controller":
-                job.controllers[payload.get("trial")] = payload["controller"]
-        while job.undelivered:
-            for worker in write_messages(self.store, job.job_id, job.undelivered[:1]):
-                job.workers[worker["rank"]] = worker
-            del job.undelivered[0]
+    def _service_alone(self, job: ActiveJob) -> None:
+        """Service one job; whatever goes wrong with it leaves the other jobs untouched."""
+        if job.job_id not in self.active:  # dropped earlier in this tick
+            return
+        try:
+            self._service(job)
+        except LeaseLost:
+            self._drop(job, "a write for the run was refused: another dispatcher owns the job")
+        except RelayLost as exc:
+            reason = f"its relay actor was lost ({exc}); resumes from its checkpoint"
+            self._interrupt(job, reason, relay_alive=False)
+        except Exception:
+            log.exception("job %s: servicing failed; the other jobs go on", job.job_id)
+            if time.monotonic() - job.serviced_at >= self.lease_seconds:
+                self._interrupt(job, f"could not be serviced for {self.lease_seconds:g} s")
+        else:
+            job.serviced_at = time.monotonic()
 
     def _service(self, job: ActiveJob) -> None:
         self._relay(job)
-        if self.queue.is_cancel_requested(job.job_id):
-            self._stop_runs([job])
-            self.queue.mark_cancelled(job.job_id, self.worker_id)
-            self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.KILLED)
-            self._forget(job)
-            return
         ready, _ = ray.wait([job.result], timeout=0)
-        if ready:
+        if ready:  # also with a cancel pending: the queue ends it cancelled, result kept
             self._finish(job)
-            return
-        if time.monotonic() - job.lease_renewed_at >= self.lease_seconds / 3:
-            if not self.queue.renew_lease(job.job_id, self.worker_id, self.lease_seconds):
-                log.warning("lost the lease on %s; stopping our copy", job.job_id)
-                self._stop_runs([job])
-                self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.KILLED)
-                self._forget(job)
+        elif self.queue.is_cancel_requested(job.job_id):
+            self._stop_runs([job])
+            self._relay_everything(job)
+            self.queue.mark_cancelled(job.lease)
+            self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
+            self._forget(job)
+
+    def _relay(self, job: ActiveJob, wait: bool = False) -> bool:
+        """Store one bounded batch of the run's messages; True when nothing was left to store.
+
+        A message leaves `undelivered` only once stored, so a Redis outage delays a run's
+        metrics and images instead of losing the ones drained when it began.
+        """
+        drained = self._collect_drain(job, wait)
+        job.undelivered.extend(drained)
+        for message in drained:
+            try:
+                self._note(job, message)
+            except Exception:  # what the dispatcher keeps is best effort; the message is not
+                log.exception("job %s: could not note %r", job.job_id, type(message).__name__)
+        if not job.undelivered:
+            return job.drain is None
+        batch = _batch(job.undelivered)
+        self.store.write_for_run(job.lease, batch)
+        for message in batch:
+            job.undelivered.popleft()
+            of_the_job = isinstance(message, Checkpoint) and message.trial is None
+            if of_the_job and job.checkpoints is not None:
+                job.checkpoints.add(message.path)
+        return False
+
+    def _collect_drain(self, job: ActiveJob, wait: bool) -> list[Message]:
+        """The relay's messages once its answer is in; a tick never waits for it unless asked
+        (`wait`), so a relay that is slow to answer holds up no other job."""
+        room = RUN_WRITES_PER_TICK - len(job.undelivered)
+        if job.drain is None and room > 0:
+            job.drain = job.relay.drain.remote(room)
+            job.drain_sent_at = time.monotonic()
+        if job.drain is None:
+            return []
+        ready, _ = ray.wait([job.drain], timeout=RELAY_TIMEOUT_SECONDS if wait else 0)
+        if not ready:
+            silent = time.monotonic() - job.drain_sent_at
+            if silent >= RELAY_TIMEOUT_SECONDS:
+                raise RelayLost(f"no answer for {silent:.0f} s")
+            return []
+        try:
+            return ray.get(job.drain)
+        except RayActorError as exc:
+            raise RelayLost(type(exc).__name__) from exc
+        finally:
+            job.drain = None
+
+    def _note(self, job: ActiveJob, message: Message) -> None:
+        """Keep what the dispatcher itself needs from a message: how to stop the run."""
+        match message:
+            case Worker(rank=rank, trial=trial, placement_group=group):
+                job.workers[rank] = message
+                if group:
+                    job.placement_groups.add(group)
+                if group and trial is not None:
+                    job.trial_groups.setdefault(trial, set()).add(group)
+            case TrialUpdate(trial=trial, info=info) if TrialStatus(info["status"]).is_final:
+                # A trial's Train controller may die with its trial before it removes its
+                # workers' group (ASHA stops it, or Tune ends it as it completes), and Ray keeps
+                # the group while the dispatcher lives: two such groups held the demo sweep's
+                # CPUs until its last trials waited forever (issue 11 item 7).
+                ray_runtime.remove_placement_groups(job.trial_groups.pop(trial, set()))
+            case PlacementGroup(placement_group=group) if group:
+                job.placement_groups.add(group)
+            case Controller(controller=controller, trial=trial):
+                job.controllers[trial] = controller
+            case Fatal(error=error, trial=None):
+                job.fatal_error = error
+
+    def _relay_everything(self, job: ActiveJob) -> None:
+        """The run is over: store everything it sent, batch by batch."""
+        for _ in range(FINAL_DRAIN_BATCHES):
+            if self._relay(job, wait=True):
                 return
-            job.lease_renewed_at = time.monotonic()
 
     def _finish(self, job: ActiveJob) -> None:
         try:
             result = ray.get(job.result)
-        except Exception as exc:  # the run failed on Ray: keep the cause for the user
-            self._relay(job)
+        except RayTaskError as exc:  # the run itself failed on Ray: keep the cause for the user
+            with suppress(RelayLost):  # the failure is the run's, whatever became of its relay
+                self._relay_everything(job)
             message = _root_cause(exc)
             retryable = not any(name in message for name in NOT_RETRYABLE)
-            try:
-                self.queue.fail(
-                    job.job_id,
-                    self.worker_id,
-                    message,
-                    _without_colours(traceback.format_exc()),
-                    retryable,
-                )
-            except LeaseLost:
-                log.warning(
-                    "job %s failed after we lost its lease; its new owner decides", job.job_id
-                )
+            trace = _without_colours(traceback.format_exc())
+            self.queue.fail(job.lease, message, trace, retryable)
             # A killed worker (its Ray actor died) closed no tracker.
-            self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.FAILED)
+            self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
+        except RayActorError as exc:  # the runner died with its node: not the run's fault
+            self._interrupt(job, f"its runner was lost: {_root_cause(exc)}")
+            return
         else:
-            self._relay(job)
+            self._relay_everything(job)
             if job.fatal_error is not None:
-                self.queue.fail(job.job_id, self.worker_id, job.fatal_error, None, retryable=False)
-                self._end_tracker_runs(job.job_id, job.spec, job.attempt, RunOutcome.FAILED)
+                self.queue.fail(job.lease, job.fatal_error, None, retryable=False)
+                self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
             else:
-                result = {**result, "nodes": job.node_ids, "workers": list(job.workers.values())}
-                self.queue.complete(job.job_id, self.worker_id, result)
+                workers = [_worker_summary(worker) for worker in job.workers.values()]
+                self.queue.complete(
+                    job.lease, {**result, "nodes": job.node_ids, "workers": workers}
+                )
         self._forget(job)
+
+    def _drop(self, job: ActiveJob, reason: str) -> None:
+        """Stop our copy of a run we no longer hold, writing nothing more for it."""
+        log.warning("job %s: %s; stopping our copy of the run", job.job_id, reason)
+        try:
+            self._stop_runs([job])
+        finally:
+            self._forget(job)
+
+    def _halt(self, lease: Lease, reason: str) -> None:
+        """Kill the run of a lease we lost, on the lease keeper's thread: at once, even while
+        the tick hangs on an unreachable Redis. The tick's `_drop` frees the rest after."""
+        job = self.active.get(lease.job_id)
+        if job is None or job.lease != lease:  # the run of a later claim is not this one's
+            return
+        log.warning("job %s: %s; killing our copy of the run", lease.job_id, reason)
+        ray.kill(job.runner, no_restart=True)
+        for controller in list(job.controllers.values()):
+            controller.abort.remote()
+
+    def _interrupt(self, job: ActiveJob, reason: str, relay_alive: bool = True) -> None:
+        """Stop a run that lost part of its machinery and hand the job back, no attempt used."""
+        log.warning("job %s: %s", job.job_id, reason)
+        try:
+            self._stop_runs([job])
+            if relay_alive:
+                self._store_what_is_left(job)
+            self.queue.release(job.lease, reason, interrupted=True)
+            self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
+        except LeaseLost:
+            pass  # another dispatcher holds it already
+        except Exception:  # Redis unreachable: the lease lapses and the reaper hands it back
+            log.exception("job %s: could not hand it back", job.job_id)
+        finally:
+            self._forget(job)
 
     def _end_reaped_runs(self, job_ids: list[str]) -> None:
         """The reaped jobs' workers died with their dispatcher, before closing any tracker."""
@@ -266,45 +557,78 @@ class Dispatcher:
             return
         for record in self.store.get_many(job_ids):
             outcome = REAPED_OUTCOMES.get(record.status)  # None: claimed again already
-            if outcome is not None:
-                self._end_tracker_runs(record.id, record.job_spec(), record.attempts, outcome)
+            if outcome is not None and record.spec.get("logging", {}).get("mlflow"):
+                self._end_tracker_runs(record.id, record.job_spec(), record.claims, outcome)
 
     def _end_tracker_runs(
-        self, job_id: str, spec: JobSpec, attempt: int, outcome: RunOutcome
+        self, job_id: str, spec: JobSpec, claim: int, outcome: RunOutcome
     ) -> None:
-        """End the job's MLflow runs up to `attempt` still RUNNING, as `outcome`.
+        """End the job's MLflow runs up to claim number `claim` still RUNNING, as `outcome`.
 
         In a thread of its own: a slow tracking server must not hold up the other jobs' leases.
-        A daemon, so a dispatcher that stops does not wait for it.
+        A daemon, so a dispatcher that stops does not wait for it. Its log lines go unfenced:
+        they are about runs that have already ended, whoever owns the job now.
         """
         if spec.logging.mlflow is None:
             return
 
         def log_line(line: str) -> None:
-            self.store.append_log(job_id, f"[dispatcher {self.worker_id}] {line}")
+            self.store.append_log(job_id, f"[dispatcher {self.dispatcher_id}] {line}")
 
         threading.Thread(
             target=end_open_runs,
-            args=(spec, job_id, attempt, outcome, log_line),
+            args=(spec, job_id, claim, outcome, log_line),
             name=f"end-mlflow-runs-{job_id}",
             daemon=True,
         ).start()
 
     def _forget(self, job: ActiveJob) -> None:
-        self.active.pop(job.job_id, None)
-        ray.kill(job.relay, no_restart=True)
+        if self.active.get(job.job_id) is job:
+            del self.active[job.job_id]
+            self.leases.let_go(job.job_id)
+        # The runner too, though its run is over: Ray ends it when its last handle goes, and
+        # after a Redis restart one outlived its finished job, holding its name, for over a
+        # minute. An actor Ray cannot reach any more is gone with its node.
+        for actor in (job.runner, job.relay):
+            with suppress(Exception):
+                ray.kill(actor, no_restart=True)
 
     def _publish_cluster_status(self) -> None:
         status = {
-            "dispatcher": self.worker_id,
+            "dispatcher": self.dispatcher_id,
             "updated_at": time.time(),
             "nodes": ray_runtime.node_summaries(),
             "available": ray_runtime.available_resources(),
             "running_jobs": {job.job_id: job.node_ids for job in self.active.values()},
+            "waiting": [asdict(job) for job in self.waiting],
+            "demand": self.autoscaler_demand.published(),
+            "max_cluster": self.settings.max_cluster.as_text(),
         }
         self.store.put_dispatcher_status(
-            self.worker_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS
+            self.dispatcher_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS
         )
+
+
+def _batch(undelivered: deque[Message]) -> list[Message]:
+    """The oldest messages within one tick's bounds (RUN_WRITES_PER_TICK, ..._BYTES_...)."""
+    batch: list[Message] = []
+    size = 0
+    for message in undelivered:
+        size += message_bytes(message)
+        if batch and (len(batch) >= RUN_WRITES_PER_TICK or size > RUN_WRITE_BYTES_PER_TICK):
+            break
+        batch.append(message)
+    return batch
+
+
+def _worker_summary(worker: Worker) -> dict[str, Any]:
+    return {
+        "rank": worker.rank,
+        "pid": worker.pid,
+        "node_id": worker.node_id,
+        "placement_group": worker.placement_group,
+        "trial": worker.trial,
+    }
 
 
 def _root_cause(exc: BaseException) -> str:

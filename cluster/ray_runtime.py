@@ -13,8 +13,10 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 NAMESPACE = "genfleet"  # runner actors are named in it, so any dispatcher can find them
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,13 @@ def remove_placement_groups(group_ids: Iterable[str]) -> None:
     """
     for group_id in group_ids:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
+
+
+def on_the_head() -> NodeAffinitySchedulingStrategy | str:
+    """Where a run's runner and relay go: the head node, which lives as long as the cluster,
+    while worker nodes join, scale down and die. Soft, so a cluster without a head in view
+    (a test's) still schedules them; "DEFAULT" when no head is found."""
+    for node in ray.nodes():
+        if node.get("Alive") and HEAD_NODE_RESOURCE in node.get("Resources", {}):
+            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+    return "DEFAULT"

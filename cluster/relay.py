@@ -1,27 +1,28 @@
-"""A mailbox actor that carries a run's progress from Ray Train workers to the dispatcher.
+"""A mailbox actor that carries a run's messages (jobs/messages.py) home to the dispatcher.
 
-Workers (and Tune callbacks) `put` small messages without waiting; the dispatcher `drain`s them
-and writes them to the job store. Workers never talk to Redis, so Ray nodes need no Redis
-credentials and a slow Redis never stalls a training step.
+Workers (and Tune callbacks) `put` messages without waiting; the dispatcher `drain`s them and
+stores them with `JobStore.write_for_run`. Workers never talk to Redis, so Ray nodes need no
+Redis credentials and a slow Redis never stalls a training step.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
 
 import ray
 
-Message = tuple[str, dict[str, Any]]  # (kind, payload): metrics, image, log, info, worker, ...
+from jobs.messages import Message
 
 
 @ray.remote(num_cpus=0)
 class Relay:
     def __init__(self) -> None:
-        self._messages: list[Message] = []
+        self._messages: deque[Message] = deque()
 
-    def put(self, kind: str, payload: dict[str, Any]) -> None:
-        self._messages.append((kind, payload))
+    def put(self, message: Message) -> None:
+        self._messages.append(message)
 
-    def drain(self) -> list[Message]:
-        messages, self._messages = self._messages, []
-        return messages
+    def drain(self, limit: int) -> list[Message]:
+        """The oldest `limit` messages, in the order they were put."""
+        count = min(limit, len(self._messages))
+        return [self._messages.popleft() for _ in range(count)]

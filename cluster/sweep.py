@@ -18,7 +18,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from cluster.job_runner import build_trainer
+from cluster.checkpoint_pruning import KEPT_CHECKPOINTS
+from cluster.job_runner import claim_trainer
+from jobs.messages import Log, PlacementGroup, TrialUpdate
 from jobs.records import TrialStatus
 from jobs.spec import (
     Choice,
@@ -32,7 +34,11 @@ from jobs.spec import (
 )
 from trainers.ray_adapter import placement_group_id
 
-TRIAL_DRIVER_CPUS = 0.01
+# What a trial's own process reserves: it only drives its TorchTrainer, whose workers hold the
+# real resources. Memory, not a sliver of CPU: with 0.01 CPU per driver, two concurrent trials
+# of one CPU each needed 2.02 CPUs of a 2-CPU cluster, and the second trial's worker group
+# waited forever for a CPU the drivers had split (the `up --demo` sweep stall, issue 11 item 7).
+TRIAL_DRIVER_MEMORY_BYTES = 64 * 2**20
 ASHA_REDUCTION_FACTOR = 2  # rungs at grace, 2*grace, 4*grace...: useful with few epochs
 
 # Tune pickles its callbacks into the experiment, and `Tuner.restore` brings them back holding
@@ -59,8 +65,14 @@ def tune_domain(domain: SearchDomain, search: str) -> Any:
 
 
 def run_sweep(
-    job_id: str, spec: JobSpec, loop_config: dict[str, Any], storage: str
+    job_id: str,
+    spec: JobSpec,
+    loop_config: dict[str, Any],
+    storage: str,
+    recorded: dict[str | None, list[str]],
 ) -> dict[str, Any]:
+    """Run the sweep's Tune experiment, or resume it; `recorded`: each trial's recorded
+    checkpoints, newest first, from which a trial Tune runs again starts."""
     sweep = spec.sweep
     assert sweep is not None
     relay = loop_config["relay"]
@@ -68,22 +80,23 @@ def run_sweep(
 
     def trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
-        relay.put.remote(
-            "placement_group", {"trial": trial_id, "placement_group": placement_group_id()}
-        )
+        relay.put.remote(PlacementGroup(placement_group_id(), trial_id))
         trial_spec = apply_overrides(spec, config)
-        trial_config = {**loop_config, "trial": trial_id}
-        trainer = build_trainer(
-            trial_spec, f"{job_id}-{trial_id}", storage, trial_config, [TuneReportCallback()]
+        trainer = claim_trainer(
+            trial_spec,
+            {**loop_config, "trial": trial_id},
+            f"{storage.rstrip('/')}/{job_id}-{trial_id}",
+            recorded.get(trial_id, []),
+            KEPT_CHECKPOINTS,
+            [TuneReportCallback()],
         )
         trainer.fit()
 
-    # The trial's own process only drives its TorchTrainer; the Train workers hold the real
-    # resources. Tune refuses an empty request, so the driver asks for a sliver of a CPU.
-    trainable = tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPUS})
+    # Tune refuses an empty request, so the driver asks for a little memory (see above).
+    trainable = tune.with_resources(trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY_BYTES})
     experiment = str(Path(storage) / job_id) if "://" not in storage else f"{storage}/{job_id}"
     if tune.Tuner.can_restore(experiment):
-        relay.put.remote("log", {"trial": None, "line": f"resuming the sweep in {experiment}"})
+        relay.put.remote(Log(f"resuming the sweep in {experiment}"))
         tuner = tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )
@@ -109,7 +122,7 @@ def run_sweep(
     )
     # Waited for: `TrialRelay`'s messages from this process then are in the relay too (one
     # caller's actor calls run in order), before the dispatcher drains it for the last time.
-    ray.get(relay.put.remote("log", {"trial": None, "line": line}))
+    ray.get(relay.put.remote(Log(line)))
     return summary
 
 
@@ -182,12 +195,13 @@ class TrialRelay(tune.Callback):
         info = {
             "config": _plain(trial.config),
             "status": status.value,
-            "metric": last.get(sweep.metric),
-            "test_metric": last.get(sweep.test_metric or ""),
+            # Tune hands metric values over as numpy scalars, which JSON cannot hold.
+            "metric": _plain_value(last.get(sweep.metric)),
+            "test_metric": _plain_value(last.get(sweep.test_metric or "")),
             "iterations": last.get("epoch", 0),
             "reason": reason,
         }
-        _relay_by_job[self.job_id].put.remote("trial", {"trial": trial.trial_id, "info": info})
+        _relay_by_job[self.job_id].put.remote(TrialUpdate(trial.trial_id, info))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._send(trial, TrialStatus.RUNNING)
@@ -215,4 +229,9 @@ class TrialRelay(tune.Callback):
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.item() if hasattr(value, "item") else value for key, value in config.items()}
+    return {key: _plain_value(value) for key, value in config.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds; anything else as it is."""
+    return value.item() if hasattr(value, "item") else value

@@ -6,6 +6,7 @@ a new model parameter appears in the form without touching the dashboard.
 
 from __future__ import annotations
 
+from types import NoneType, UnionType
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
@@ -15,14 +16,24 @@ from pydantic.fields import FieldInfo
 
 
 def form_fields(model: type[BaseModel], names: list[str] | None = None) -> dict[str, FieldInfo]:
-    """The fields of `model` the form can edit: plain numbers, flags, choices and text."""
+    """The fields of `model` the form can edit: numbers (optional ones too), flags, choices and
+    text."""
     chosen = names or list(model.model_fields)
     return {
         name: model.model_fields[name]
         for name in chosen
         if model.model_fields[name].annotation in (int, float, bool, str)
         or get_origin(model.model_fields[name].annotation) is Literal
+        or optional_number(model.model_fields[name].annotation) is not None
     }
+
+
+def optional_number(annotation: Any) -> type | None:
+    """int or float for a field typed `int | None` or `float | None`; else None."""
+    if get_origin(annotation) is not UnionType:
+        return None
+    others = [arg for arg in get_args(annotation) if arg is not NoneType]
+    return others[0] if len(others) == 1 and others[0] in (int, float) else None
 
 
 def field_input(label: str, field: FieldInfo, key: str, default: Any) -> Any:
@@ -37,16 +48,18 @@ def field_input(label: str, field: FieldInfo, key: str, default: Any) -> Any:
         )
     if annotation is str:
         return st.text_input(label, value=default, key=key, help=field.description)
-    low, high = number_bounds(field, annotation)
+    number = optional_number(annotation) or annotation
+    low, high = number_bounds(field, number)
     return st.number_input(
         label,
         min_value=low,
         max_value=high,
-        value=annotation(default),
-        step=1 if annotation is int else None,
-        format="%d" if annotation is int else "%g",
+        value=None if default is None else number(default),  # an empty box leaves it unset
+        step=1 if number is int else None,
+        format="%d" if number is int else "%g",
         key=key,
         help=field.description,
+        placeholder="unset" if default is None else None,
     )
 
 

@@ -21,7 +21,7 @@ from dashboard.spec_builder import (
 from dashboard.spec_review import review_and_submit
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.recipes import RECIPES
-from jobs.spec import DATASETS, ScalingSpec, SweepSpec, TrainSpec
+from jobs.spec import DATASETS, ScalingSpec, SchedulingSpec, SweepSpec, TrainSpec
 
 SPACE_KEY = "form.space"
 TRAIN_FIELDS = [
@@ -118,6 +118,7 @@ def form_builder(edit_as_yaml: Callable[[str], None]) -> None:
     )
     with st.expander("Resources"):
         scaling = fields_grid(ScalingSpec, "form.scaling", SCALING_FIELDS)
+        scheduling = fields_grid(SchedulingSpec, "form.scheduling")
     sweep, space = None, None
     if kind == "sweep":
         st.markdown("**Sweep**")
@@ -133,6 +134,7 @@ def form_builder(edit_as_yaml: Callable[[str], None]) -> None:
             dataset=dataset,
             train=train,
             scaling=scaling,
+            scheduling=scheduling,
             sweep=sweep,
             space=space,
         )

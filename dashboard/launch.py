@@ -1,17 +1,23 @@
-"""Start the Streamlit dashboard as a subprocess (`genfleet dashboard`).
+"""Start the Streamlit dashboard as a subprocess (`genfleet dashboard`), and stop it with us.
 
 The dashboard can cancel and submit jobs, so it never listens beyond loopback without a
 password: anyone who can reach the port would otherwise own the queue.
+
+Ctrl-C or SIGTERM (`kill`, systemd, a supervisor) stops the command that started Streamlit
+only once Streamlit has stopped too: left running, it would keep serving the port.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from jobs.settings import Settings
 
@@ -19,6 +25,7 @@ APP_SCRIPT = Path(__file__).with_name("app.py")
 PROJECT_ROOT = APP_SCRIPT.parents[1]
 PASSWORD_VARIABLE = "GENFLEET_DASHBOARD_PASSWORD"
 UPLOAD_LIMIT_MB = 1  # a spec is at most GENFLEET_MAX_SPEC_BYTES (64 KiB by default)
+STOP_TIMEOUT_SECONDS = 10.0  # Streamlit stops within a second or two; a hung one is killed
 
 
 class UnsafeBindError(ValueError):
@@ -84,17 +91,43 @@ def launch_dashboard(
 def run_dashboard(address: str | None = None, port: int | None = None) -> int:
     """What `genfleet dashboard [--address A] [--port P]` runs; returns the exit code."""
     settings = Settings.from_env()
+    with sigterm_interrupts():
+        try:
+            process = launch_dashboard(
+                address or settings.dashboard_address,
+                port or settings.dashboard_port,
+                settings.dashboard_password,
+            )
+        except UnsafeBindError as exc:
+            print(f"genfleet dashboard: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            return stop_dashboard(process)
+
+
+def stop_dashboard(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the dashboard, wait for it, kill it after STOP_TIMEOUT_SECONDS; its exit code."""
+    process.terminate()
     try:
-        process = launch_dashboard(
-            address or settings.dashboard_address,
-            port or settings.dashboard_port,
-            settings.dashboard_password,
-        )
-    except UnsafeBindError as exc:
-        print(f"genfleet dashboard: {exc}", file=sys.stderr)
-        return 2
+        return process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that the code that started a child
+    stops it; by default Python dies at once on SIGTERM and leaves its children running."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    raise KeyboardInterrupt

@@ -58,10 +58,12 @@ def build_spec(
     dataset: str,
     train: dict[str, Any],
     scaling: dict[str, Any],
+    scheduling: dict[str, Any] | None = None,
     sweep: dict[str, Any] | None = None,
     space: list[SearchRange] | None = None,
 ) -> dict[str, Any]:
-    """A spec mapping in the order people read one: what, which model, on what, how."""
+    """A spec mapping in the order people read one: what, which model, on what, how; the
+    scheduling settings left unset stay out of it."""
     spec: dict[str, Any] = {
         "name": name,
         "kind": kind,
@@ -71,6 +73,9 @@ def build_spec(
         "train": dict(train),
         "scaling": dict(scaling),
     }
+    chosen = {key: value for key, value in (scheduling or {}).items() if value is not None}
+    if chosen:
+        spec["scheduling"] = chosen
     if kind == "sweep":
         entries = {entry.path: entry.as_space_entry() for entry in space or []}
         spec["sweep"] = {**(sweep or {}), "space": entries}

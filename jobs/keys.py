@@ -12,10 +12,10 @@ Queue state (`<prefix>:...`):
                               zset  job ids by submit order, for filtered listings
 Artifacts: metrics:<id>[:trial:<t>] (list), images:<id>[:trial:<t>] (hash "<name>:<epoch>" ->
 PNG), logs:<id> (capped list) with log_count:<id> (lines ever appended), checkpoints:<id>
-(list), trials:<id> (hash).
+(list), trials:<id> (hash). A run writes them only through `write_run.lua`, behind its lease.
 Dispatchers (each reports its Ray cluster view and running jobs for the dashboard):
-    dispatcher:<worker id>    str   that dispatcher's JSON status (TTL 30 s)
-    dispatchers               zset  worker ids; score = when its status expires (s, server
+    dispatcher:<dispatcher id> str   that dispatcher's JSON status (TTL 30 s)
+    dispatchers               zset  dispatcher ids; score = when its status expires (s, server
                               clock), so a read drops the dead ones without SCAN
 
 Lua scripts build per-job and per-dispatcher keys from the prefixes in `lua_key_table`, so that
@@ -31,6 +31,14 @@ from dataclasses import dataclass
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 DISPATCHER_STATUS_TTL_SECONDS = 30  # a dispatcher publishes every 2 s; 30 s of silence: dead
 LOG_LINES_KEPT = 5000
+# A job handed back this many times by crashes (leases that expired, relays or nodes lost) is
+# dead: something about it takes its dispatchers down. Clean stops (SIGTERM) do not count.
+MAX_INTERRUPTIONS = 10
+# What a dispatcher writes for one run in one tick, so that a run flooding its relay never holds
+# up the other runs' lease renewals; the rest waits for the next tick, in order.
+RUN_WRITES_PER_TICK = 256
+RUN_WRITE_BYTES_PER_TICK = 8 * 2**20
+TRIAL_INFIX = ":trial:"  # between a job's artifact key and a trial id
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TRIAL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -118,13 +126,13 @@ class Keys:
     def trials(self, job_id: str) -> str:
         return self._key("trials", job_id)
 
-    def dispatcher(self, worker_id: str) -> str:
-        return self._key("dispatcher", worker_id)
+    def dispatcher(self, dispatcher_id: str) -> str:
+        return self._key("dispatcher", dispatcher_id)
 
     def _artifact(self, family: str, job_id: str, trial: str | None) -> str:
         if trial is None:
             return self._key(family, job_id)
-        return self._key(family, job_id, "trial", check_trial_id(trial))
+        return self._key(family, job_id) + TRIAL_INFIX + check_trial_id(trial)
 
     def lua_key_table(self) -> str:
         """A Lua `KEY` table with the fixed keys and the prefixes of the per-job ones."""
@@ -141,6 +149,11 @@ class Keys:
             "kind_index": self.kind_index(""),
             "logs": self.logs(""),
             "log_count": self.log_count(""),
+            "metrics": self.metrics(""),
+            "images": self.images(""),
+            "checkpoints": self.checkpoints(""),
+            "trials": self.trials(""),
+            "trial_infix": TRIAL_INFIX,
             "dispatchers": self.dispatchers,
             "dispatcher": self.dispatcher(""),
         }

@@ -1,21 +1,29 @@
 """The durable job queue: a state machine whose every transition is one Lua script.
 
     queued -> running -> succeeded | failed | cancelled | dead
-    running -> queued (retry after a failure, or the reaper after a lost lease)
+    running -> queued (retry after a failure; a hand-back after an interruption)
     failed | dead | cancelled -> queued (a user's retry)
 
-Delivery is at least once. A claim is a lease: a worker that stops renewing it (crash, SIGKILL,
-lost node) has its job handed back by `requeue_expired` under the same id, so the next attempt
-resumes from that job's checkpoints instead of starting over. Attempts are counted at claim, as
-arq does, so a job that kills its worker every time still reaches `dead`.
+Delivery is at least once. A claim is a lease (`Lease`): a dispatcher that stops renewing it
+(crash, SIGKILL, lost node or network) has its job handed back by `requeue_expired` under the
+same id, so the next claim resumes from that job's checkpoints instead of starting over. The
+lease is also the fencing token of every write made for the run (`JobStore.write_for_run`,
+`complete`, `fail`, ...): the claim number grows with each claim, so a copy of the run whose
+lease is gone can write nothing, and a lost lease is always reported as `LeaseLost`.
 
-Every script reads the Redis server's clock, so workers on hosts with skewed clocks agree on
-lease deadlines and backoffs. Scripts compute per-job keys themselves, so genfleet needs one
+Attempts count failures of the run itself: a claim uses one, and a hand-back that is not the
+run's fault (`release` by a dispatcher that stops, `requeue_expired` after a crash) gives it
+back. Crash hand-backs count as interruptions, capped at MAX_INTERRUPTIONS, so a job that kills
+its dispatcher every time still reaches `dead`.
+
+Every script reads the Redis server's clock, so dispatchers on hosts with skewed clocks agree
+on lease deadlines and backoffs. Scripts compute per-job keys themselves, so genfleet needs one
 Redis server, not a Redis Cluster (as rq does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Callable
@@ -27,12 +35,14 @@ from itertools import chain
 from redis import Redis
 from redis.commands.core import Script
 
-from jobs.keys import IDEMPOTENCY_TTL_SECONDS, Keys
+from jobs.keys import IDEMPOTENCY_TTL_SECONDS, MAX_INTERRUPTIONS, Keys
 from jobs.records import (
+    IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
     JobRecord,
     JobStatus,
+    Lease,
     LeaseLost,
     new_job_fields,
 )
@@ -49,10 +59,18 @@ class Resources:
 
 @dataclass(frozen=True)
 class ClaimedJob:
-    job_id: str
     spec: JobSpec
-    attempt: int  # 1 for the first claim; more means resume from the latest checkpoint
     record: JobRecord
+    lease: Lease
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job_id
+
+    @property
+    def attempt(self) -> int:
+        """Attempts used, this one included: 1 until the run has failed once."""
+        return self.record.attempts
 
 
 @dataclass(frozen=True)
@@ -99,9 +117,15 @@ class JobQueue:
         priority: int | None = None,
         parent: str | None = None,
     ) -> str:
-        """Queue a job and return its id; the same idempotency key returns the same id for 24 h."""
+        """Queue a job and return its id.
+
+        The same idempotency key with the same spec returns the same id for 24 h; with another
+        spec it raises IdempotencyConflict, naming the job the key belongs to.
+        """
         priority = spec.priority if priority is None else _checked_priority(priority)
         idempotency = "" if idempotency_key is None else self.keys.idempotency(idempotency_key)
+        spec_json = spec.model_dump_json()
+        digest = hashlib.sha256(spec_json.encode()).hexdigest()
         while True:
             job_id = secrets.token_hex(6)
             fields = new_job_fields(job_id, spec, priority, parent)
@@ -111,72 +135,78 @@ class JobQueue:
                 job_id,
                 idempotency,
                 IDEMPOTENCY_TTL_SECONDS,
+                digest,
                 priority,
                 spec.model_type,
                 spec.kind,
                 *pairs,
             )
+            if isinstance(reply, list):  # [b"conflict", earlier id]
+                raise IdempotencyConflict(idempotency_key or "", _text(reply[1]))
             if reply:  # None only when the random id was taken
                 return _text(reply)
 
     def claim(
-        self, worker_id: str, lease_seconds: float, fits: Resources | None = None
+        self, dispatcher_id: str, lease_seconds: float, fits: Resources | None = None
     ) -> ClaimedJob | None:
         """Lease the best queued job that fits the free resources, or None."""
         free = ("", "") if fits is None else (fits.cpus, fits.gpus)
-        reply = self._run("claim", worker_id, lease_seconds, self.claim_window, *free)
-        if not reply:
-            return None
-        record = JobRecord.from_fields(dict(zip(reply[::2], reply[1::2], strict=True)))
-        return ClaimedJob(record.id, record.job_spec(), record.attempts, record)
+        while True:
+            reply = self._run("claim", dispatcher_id, lease_seconds, self.claim_window, *free)
+            if not reply:
+                return None
+            record = JobRecord.from_fields(dict(zip(reply[::2], reply[1::2], strict=True)))
+            lease = Lease(record.id, dispatcher_id, record.claims)
+            try:
+                return ClaimedJob(record.job_spec(), record, lease)
+            except ValueError as exc:  # valid when submitted, not under this host's limits
+                self.fail(lease, f"spec: invalid on this dispatcher: {exc}", retryable=False)
 
-    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
-        return self._leased("renew_lease", job_id, worker_id, lease_seconds)
+    def renew_lease(self, lease: Lease, lease_seconds: float) -> None:
+        self._leased("renew_lease", lease, lease_seconds)
 
-    def complete(self, job_id: str, worker_id: str, result: dict) -> bool:
-        return self._leased("finish", job_id, worker_id, "succeeded", json.dumps(result), "done")
+    def complete(self, lease: Lease, result: dict) -> JobStatus:
+        """Succeeded; or cancelled, result kept, when a cancel was pending (see finish.lua)."""
+        return self._leased("finish", lease, "succeeded", json.dumps(result), "done")
 
-    def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
+    def mark_cancelled(self, lease: Lease) -> JobStatus:
         """The dispatcher has stopped a job whose cancel was requested."""
-        message = "stopped after a cancel request"
-        return self._leased("finish", job_id, worker_id, "cancelled", "", message)
+        return self._leased("finish", lease, "cancelled", "", "stopped after a cancel request")
 
-    def _leased(self, script: str, job_id: str, worker_id: str, *args: str | float) -> bool:
-        """Run a script that needs the worker's lease; False when the lease was lost."""
-        outcome = _text(self._run(script, job_id, worker_id, *args))
-        if outcome == "missing":
-            raise JobNotFound(job_id)
-        return outcome == "ok"
+    def release(self, lease: Lease, reason: str, interrupted: bool = False) -> JobStatus:
+        """Hand a running job back without using an attempt: queued at its old place.
+
+        `interrupted` for a fault outside the run (its relay or node lost), which counts
+        toward MAX_INTERRUPTIONS; a dispatcher that stops cleanly does not count.
+        """
+        return self._leased("release", lease, reason, int(interrupted), MAX_INTERRUPTIONS)
 
     def fail(
         self,
-        job_id: str,
-        worker_id: str,
+        lease: Lease,
         error: str,
         traceback: str | None = None,
         retryable: bool = True,
     ) -> JobStatus:
-        """End a failed attempt: queued for a retry after backoff, dead, failed or cancelled.
-
-        Raises LeaseLost when the worker no longer holds the job (the reaper already moved it).
-        """
-        outcome = _text(
-            self._run(
-                "fail",
-                job_id,
-                worker_id,
-                error,
-                traceback or "",
-                int(retryable),
-                self.backoff.base_seconds,
-                self.backoff.cap_seconds,
-            )
+        """End a failed attempt: queued for a retry after backoff, dead, failed or cancelled."""
+        return self._leased(
+            "fail",
+            lease,
+            error,
+            traceback or "",
+            int(retryable),
+            self.backoff.base_seconds,
+            self.backoff.cap_seconds,
         )
+
+    def _leased(self, script: str, lease: Lease, *args: str | float) -> JobStatus:
+        """Run a script behind the lease; raises LeaseLost when it no longer holds the job."""
+        outcome = _text(self._run(script, lease.job_id, lease.owner, lease.claim, *args))
         if outcome == "missing":
-            raise JobNotFound(job_id)
+            raise JobNotFound(lease.job_id)
         if outcome == "lost":
-            raise LeaseLost(job_id, worker_id)
-        return JobStatus(outcome)
+            raise LeaseLost(lease.job_id, lease.owner)
+        return JobStatus.RUNNING if outcome == "ok" else JobStatus(outcome)
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a queued job now (-> cancelled) or flag a running one (-> stays running)."""
@@ -216,18 +246,22 @@ class JobQueue:
         return JobStatus(found)
 
     def requeue_expired(self, still_running: Callable[[str], bool] | None = None) -> list[str]:
-        """Reap jobs whose lease expired: back to the queue, or dead when out of attempts.
+        """Reap jobs whose lease expired: back to the queue as interrupted, without using an
+        attempt; dead after MAX_INTERRUPTIONS.
 
         `still_running(job_id)` lets the caller keep a job it knows is alive elsewhere.
         Returns the ids moved.
         """
-        expired = [_text(raw) for raw in self._run("expired_leases")]
         alive = still_running or (lambda job_id: False)
         return [
             job_id
-            for job_id in expired
-            if not alive(job_id) and self._run("requeue_expired_lease", job_id)
+            for job_id in self.expired()
+            if not alive(job_id) and self._run("requeue_expired_lease", job_id, MAX_INTERRUPTIONS)
         ]
+
+    def expired(self) -> list[str]:
+        """Ids of running jobs whose lease deadline has passed on the server's clock."""
+        return [_text(raw) for raw in self._run("expired_leases")]
 
     def set_pending_reason(self, job_id: str, reason: str) -> None:
         """Why a queued job waits, e.g. "needs 4 GPUs, 2 free, 3 jobs ahead"."""

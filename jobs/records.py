@@ -58,12 +58,38 @@ class InvalidTransition(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """The worker no longer holds the job: its lease expired and the reaper moved it on."""
+    """The dispatcher no longer holds the job: its lease expired and the reaper moved it on, or
+    the job was claimed again since. Every leased call reports a lost lease this way."""
 
-    def __init__(self, job_id: str, worker_id: str) -> None:
-        super().__init__(f"worker {worker_id} no longer holds the lease on job {job_id}")
+    def __init__(self, job_id: str, dispatcher_id: str) -> None:
+        super().__init__(f"dispatcher {dispatcher_id} no longer holds the lease on job {job_id}")
         self.job_id = job_id
-        self.worker_id = worker_id
+        self.dispatcher_id = dispatcher_id
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key came back with a spec other than the one it was first used with."""
+
+    def __init__(self, idempotency_key: str, job_id: str) -> None:
+        super().__init__(
+            f"idempotency key {idempotency_key!r} already belongs to job {job_id}, submitted "
+            "with another spec; use a new key, or the same spec to get that job back"
+        )
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A dispatcher's hold on a running job, and the fencing token of everything it writes.
+
+    `claim` counts every claim of the job and never goes back, so a write carrying an older
+    lease (a dispatcher cut off past its deadline, or one that claimed the job again since) is
+    refused in Redis, whoever sends it.
+    """
+
+    job_id: str
+    owner: str  # the dispatcher's id
+    claim: int
 
 
 @dataclass(frozen=True)
@@ -75,8 +101,10 @@ class JobRecord:
     dataset: str
     status: JobStatus
     priority: int
-    attempts: int
+    attempts: int  # attempts used: failures of the run, plus the one running
     max_attempts: int
+    claims: int  # times a dispatcher claimed it; the current lease's fencing token
+    interruptions: int  # times a crash, not the run, handed it back (cap: MAX_INTERRUPTIONS)
     owner: str | None  # worker holding (or last holding) the lease
     created_at: float
     updated_at: float
@@ -107,6 +135,8 @@ class JobRecord:
             priority=int(text["priority"]),
             attempts=int(text["attempts"]),
             max_attempts=int(text["max_attempts"]),
+            claims=int(text.get("claims") or 0),
+            interruptions=int(text.get("interruptions") or 0),
             owner=text.get("owner") or None,
             created_at=float(text["created_at"]),
             updated_at=float(text["updated_at"]),
@@ -143,6 +173,8 @@ def new_job_fields(
         "priority": priority,
         "attempts": 0,
         "max_attempts": spec.max_attempts,
+        "claims": 0,
+        "interruptions": 0,
         "cancel_requested": 0,
         "spec": spec.model_dump_json(),
         "needs_cpus": spec.needs_cpus,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from jobs.limits import LimitError
 
 ENVIRONMENT = {
     "GENFLEET_HOME": "data dir: embedded Redis, its password, local Ray results (~/.genfleet)",
@@ -20,7 +23,54 @@ ENVIRONMENT = {
     "GENFLEET_MAX_EPOCHS": "most epochs one spec may ask for (10000)",
     "GENFLEET_MAX_SAMPLES": "most samples per grid (1024)",
     "GENFLEET_MAX_WORKERS": "most Ray Train workers one spec may ask for (256)",
+    "GENFLEET_MAX_CLUSTER": "largest the Ray cluster may grow to (unset: unbounded), e.g. "
+    "cpus=64,gpus=8,node_cpus=16,node_gpus=2: a job beyond it fails, the others wait for nodes",
 }
+
+
+@dataclass(frozen=True)
+class MaxCluster:
+    """GENFLEET_MAX_CLUSTER: the most CPUs and GPUs the cluster may ever have, in all and on one
+    node. Only a job beyond it can never run; one beyond the cluster of the moment waits, since
+    nodes may join (an autoscaler scaling up from zero, a GPU node restarting). None: no bound.
+    """
+
+    cpus: float | None = None
+    gpus: float | None = None
+    node_cpus: float | None = None
+    node_gpus: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MaxCluster:
+        """`cpus=64,gpus=8,node_cpus=16,node_gpus=2`, any subset; "" bounds nothing."""
+        keys = [field.name for field in fields(cls)]
+        bounds: dict[str, float] = {}
+        for pair in filter(None, (part.strip() for part in text.split(","))):
+            key, equals, value = (part.strip() for part in pair.partition("="))
+            if not equals or key not in keys:
+                raise LimitError(
+                    f"GENFLEET_MAX_CLUSTER: expected key=number pairs with keys "
+                    f"{', '.join(keys)}, got {pair!r}"
+                )
+            if key in bounds:
+                raise LimitError(f"GENFLEET_MAX_CLUSTER: {key} given twice in {text!r}")
+            bounds[key] = _bound(key, value)
+        return cls(**bounds)
+
+    def as_text(self) -> str:
+        """The variable's value that gives these bounds ("" when there are none)."""
+        bounds = ((field.name, getattr(self, field.name)) for field in fields(self))
+        return ",".join(f"{key}={value:g}" for key, value in bounds if value is not None)
+
+
+def _bound(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise LimitError(f"GENFLEET_MAX_CLUSTER: {key} must be a number >= 0, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -34,6 +84,7 @@ class Settings:
     dashboard_address: str
     dashboard_port: int
     dashboard_password: str | None
+    max_cluster: MaxCluster = MaxCluster()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,4 +100,5 @@ class Settings:
             dashboard_address=env.get("GENFLEET_DASHBOARD_ADDRESS", "127.0.0.1"),
             dashboard_port=int(env.get("GENFLEET_DASHBOARD_PORT", "8501")),
             dashboard_password=env.get("GENFLEET_DASHBOARD_PASSWORD") or None,
+            max_cluster=MaxCluster.parse(env.get("GENFLEET_MAX_CLUSTER", "")),
         )

@@ -169,6 +169,15 @@ class ScalingSpec(Section):
         return self.num_workers * self.gpus_per_worker if self.use_gpu else 0.0
 
 
+class SchedulingSpec(Section):
+    wait_timeout: float | None = Field(
+        None,
+        gt=0.0,
+        description="seconds the job may wait in the queue, counted from when it last entered "
+        "it, before it fails with the reason it waited; unset: it waits until it fits",
+    )
+
+
 # Experiment trackers a spec can turn on under `logging` (issue 16). Each one's name is also the
 # package it needs and the genfleet extra that installs it: `pip install 'genfleet[mlflow]'`.
 TRACKERS = ("tensorboard", "mlflow")
@@ -307,6 +316,7 @@ class JobSpec(Section):
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     sweep: SweepSpec | None = None
 
@@ -347,7 +357,9 @@ class JobSpec(Section):
         return self.model.type
 
     def to_yaml_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        """The spec as YAML shows it: without unset values, or a section left empty by them."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return {key: value for key, value in data.items() if value != {}}
 
 
 def validate_spec_dict(data: Any, source: YamlSource | None = None) -> JobSpec:

@@ -2,9 +2,12 @@
 sweep trials; plus the status each dispatcher publishes, which the dashboard reads merged.
 
 The queue (jobs/queue.py) owns every status change; the store reads records and keeps artifacts.
-Writes that touch the record itself (progress, events) check that the job exists in the same
-script, so a late write for an unknown job raises instead of leaving half a record. Readers of
-artifacts return empty results for a job that has none.
+A run writes only through `write_for_run`, one Lua script per batch behind the run's lease (the
+fencing token), so nothing from a copy of the run that lost its lease lands. The single-item
+writers below serve imports, fixtures and tools outside any run. Writes that touch the record
+itself (progress, events) check that the job exists in the same script, so a late write for an
+unknown job raises instead of leaving half a record. Readers of artifacts return empty results
+for a job that has none.
 """
 
 from __future__ import annotations
@@ -20,8 +23,18 @@ from typing import Any
 from redis import Redis
 
 from jobs.keys import LOG_LINES_KEPT, Keys, check_trial_id
+from jobs.messages import Checkpoint as CheckpointMessage
+from jobs.messages import (  # the store's own Checkpoint is the record a reader gets
+    Fatal,
+    Image,
+    Log,
+    Message,
+    Metrics,
+    RunInfo,
+    TrialUpdate,
+)
 from jobs.queue import load_script
-from jobs.records import Event, JobNotFound, JobRecord, JobStatus
+from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
 
 IMAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # "samples", "reconstructions", ...
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +72,33 @@ class JobStore:
         self._logs_since = load_script(redis, self.keys, "logs_since")
         self._publish_dispatcher = load_script(redis, self.keys, "publish_dispatcher")
         self._live_dispatchers = load_script(redis, self.keys, "live_dispatchers")
+        self._write_run = load_script(redis, self.keys, "write_run")
+
+    def write_for_run(self, lease: Lease, messages: list[Message]) -> None:
+        """Store a run's messages, all or none, behind its lease; raises LeaseLost when a
+        message to store comes from a lease that no longer holds the job.
+
+        A message that cannot be stored (a name or value the store refuses) becomes a log line
+        that says so, and the rest of the batch still lands. Kinds only the dispatcher uses
+        (workers, placement groups, controllers) are skipped.
+        """
+        writes: list[str | bytes] = []
+        for message in messages:
+            try:
+                write = _run_write(message)
+            except Exception as exc:  # one bad message must not hold back the rest, ever
+                write = ("log", "", f"dropped a message ({type(message).__name__}): {exc}", "")
+            if write is not None:
+                writes.extend(write)
+        if not writes:
+            return
+        outcome = self._write_run(
+            args=[lease.job_id, lease.owner, lease.claim, LOG_LINES_KEPT, *writes]
+        )
+        if outcome == b"missing":
+            raise JobNotFound(lease.job_id)
+        if outcome == b"lost":
+            raise LeaseLost(lease.job_id, lease.owner)
 
     def get(self, job_id: str) -> JobRecord:
         fields = self.redis.hgetall(self.keys.job(job_id))
@@ -201,14 +241,14 @@ class JobStore:
         return [{"trial_id": trial, **info} for trial, info in by_id]
 
     def put_dispatcher_status(
-        self, worker_id: str, status: dict[str, Any], ttl_seconds: int
+        self, dispatcher_id: str, status: dict[str, Any], ttl_seconds: int
     ) -> None:
         """This dispatcher's Ray nodes, resources and jobs; expires unless published again, so
         that a dispatcher that died drops out of `dispatcher_statuses`."""
-        self._publish_dispatcher(args=[worker_id, json.dumps(status), ttl_seconds])
+        self._publish_dispatcher(args=[dispatcher_id, json.dumps(status), ttl_seconds])
 
     def dispatcher_statuses(self) -> list[dict[str, Any]]:
-        """Each live dispatcher's status, its worker id under "dispatcher", newest first.
+        """Each live dispatcher's status, its id under "dispatcher", newest first.
 
         Ordered by expiry, which is report order because every dispatcher publishes with the
         same TTL.
@@ -225,19 +265,24 @@ class JobStore:
 
 
 def merge_dispatcher_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
-    """Nodes and free resources from the newest status, since every dispatcher watches the one
-    Ray cluster; running jobs from all of them, since each lists only the jobs it runs.
+    """Nodes, free resources and waiting jobs from the newest status, since every dispatcher
+    watches the one Ray cluster and the one queue; running jobs from all of them, since each
+    lists only the jobs it runs; the demand sent last, since Ray keeps only the latest request.
 
     `statuses` newest first, as `JobStore.dispatcher_statuses` returns them.
     """
     running_jobs: dict[str, list[str]] = {}
     for status in reversed(statuses):  # a job that just changed hands: the newer owner wins
         running_jobs.update(status.get("running_jobs", {}))
+    demands = [status["demand"] for status in statuses if status.get("demand")]
     newest = statuses[0]
     return {
         "nodes": newest.get("nodes", []),
         "available": newest.get("available", {}),
         "running_jobs": running_jobs,
+        "waiting": newest.get("waiting", []),
+        "demand": max(demands, key=lambda demand: demand["sent_at"], default=None),
+        "max_cluster": newest.get("max_cluster", ""),
         "dispatchers": [
             {
                 "dispatcher": status["dispatcher"],
@@ -267,3 +312,31 @@ def _image_field(name: str, epoch: int) -> str:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"epoch: must be an integer >= 0, got {epoch!r}")
     return f"{name}:{epoch}"
+
+
+RunWrite = tuple[str, str, str | bytes, str | bytes]  # kind, trial or '', two values
+
+
+def _run_write(message: Message) -> RunWrite | None:
+    """How `write_run.lua` stores one message; None for kinds that are not stored."""
+    trial = "" if message.trial is None else check_trial_id(message.trial)
+    prefix = f"[{trial}] " if trial else ""
+    match message:
+        case Metrics(metrics=metrics):
+            return ("metrics", trial, json.dumps(_metric_row(metrics)), "")
+        case Image(name=name, epoch=epoch, png=png):
+            if not png.startswith(PNG_SIGNATURE):
+                raise ValueError(f"image {name!r}: must be PNG bytes, got {png[:8]!r}...")
+            return ("image", trial, _image_field(name, epoch), png)
+        case Log(line=line):
+            return ("log", "", prefix + line, "")
+        case CheckpointMessage(epoch=epoch, path=path):
+            entry = {"epoch": epoch, "uri": path, "trial": trial or None}
+            return ("checkpoint", "", json.dumps(entry), "")
+        case TrialUpdate(info=info):
+            return ("trial", trial, json.dumps(info), "")
+        case RunInfo(info=info):
+            return ("event", "", "run info: " + ", ".join(f"{k}={v}" for k, v in info.items()), "")
+        case Fatal(error=error):
+            return ("log", "", f"{prefix}run stopped: {error}", "")
+    return None

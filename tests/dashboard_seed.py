@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from jobs.queue import JobQueue
-from jobs.records import JobStatus
+from jobs.queue import ClaimedJob, JobQueue
+from jobs.records import JobStatus, Lease
+from jobs.scheduling import Demand
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 
@@ -70,12 +71,19 @@ def metrics_row(epoch: int, offset: float = 0.0, last: bool = False) -> dict[str
     return {**row, "test_bits_per_dim": val + TEST_GAP} if last else row
 
 
-def claim_submitted(queue: JobQueue, job_spec: JobSpec) -> str:
+def claim_submitted(queue: JobQueue, job_spec: JobSpec) -> ClaimedJob:
     """Submit and claim at once; the caller seeds claims before any other queued job waits."""
     job_id = queue.submit(job_spec)
     claimed = queue.claim(WORKER, lease_seconds=600)
     assert claimed is not None and claimed.job_id == job_id, "another queued job was claimed"
-    return job_id
+    return claimed
+
+
+def seeded_lease(store: JobStore, job_id: str) -> Lease:
+    """The lease the seed holds on a job it left running, to finish it later as its dispatcher."""
+    record = store.get(job_id)
+    assert (record.status, record.owner) == (JobStatus.RUNNING, WORKER), "not a seeded running job"
+    return Lease(job_id, WORKER, record.claims)
 
 
 def seed_trained_job(
@@ -88,7 +96,8 @@ def seed_trained_job(
     offset: float = 0.0,
 ) -> str:
     """A job with a metrics row, an image per name, a log line and a checkpoint per epoch."""
-    job_id = claim_submitted(queue, spec(name, train={"epochs": epochs}))
+    claimed = claim_submitted(queue, spec(name, train={"epochs": epochs}))
+    job_id = claimed.job_id
     for epoch in range(1, epochs + 1):
         store.append_metrics(job_id, metrics_row(epoch, offset, last=finish and epoch == epochs))
         for image_name in image_names:
@@ -96,7 +105,8 @@ def seed_trained_job(
         store.append_log(job_id, f"epoch {epoch}: val_bits_per_dim {3.2 / epoch + 1.1:.3f}")
         store.add_checkpoint(job_id, epoch, f"file:///storage/{job_id}/epoch-{epoch}")
     if finish:
-        assert queue.complete(job_id, WORKER, {"val_bits_per_dim": 3.2 / epochs + 1.1})
+        result = {"val_bits_per_dim": 3.2 / epochs + 1.1}
+        assert queue.complete(claimed.lease, result) is JobStatus.SUCCEEDED
     return job_id
 
 
@@ -107,7 +117,8 @@ def seed_sweep(
     evaluation, and the first trial was stopped early by ASHA after epoch 1. Completed trials
     report test bits/dim TEST_GAP above their metric; a finished sweep names its best."""
     sweep = {"space": {"train.lr": {"loguniform": [0.0001, 0.01]}}}
-    job_id = claim_submitted(queue, spec("sweep", sweep=sweep))
+    claimed = claim_submitted(queue, spec("sweep", sweep=sweep))
+    job_id = claimed.job_id
     for index, metric in enumerate(trial_metrics):
         trial_id = f"trial_{index:02d}"
         stopped = metric is None or index == 0
@@ -144,16 +155,22 @@ def seed_sweep(
             "best_test_metric": best_metric + TEST_GAP,
             "test_metric": "test_bits_per_dim",
         }
-        assert queue.complete(job_id, WORKER, summary)
+        assert queue.complete(claimed.lease, summary) is JobStatus.SUCCEEDED
     return job_id
 
 
-def seed_cluster(store: JobStore, jobs_by_dispatcher: dict[str, list[str]]) -> None:
-    """One status per dispatcher (worker id -> the jobs it runs), shaped as cluster/dispatcher.py
-    publishes them: each sees the same three nodes and runs its jobs on the head."""
-    for worker_id, job_ids in jobs_by_dispatcher.items():
+def seed_cluster(
+    store: JobStore,
+    jobs_by_dispatcher: dict[str, list[str]],
+    waiting: dict[str, str] | None = None,
+    demand: Demand | None = None,
+) -> None:
+    """One status per dispatcher (dispatcher id -> the jobs it runs), shaped as
+    cluster/dispatcher.py publishes them: each sees the same three nodes, runs its jobs on the
+    head and sees the same `waiting` jobs (id -> reason); `demand` is the one each last sent."""
+    for dispatcher_id, job_ids in jobs_by_dispatcher.items():
         status = {
-            "dispatcher": worker_id,
+            "dispatcher": dispatcher_id,
             "updated_at": time.time(),
             "nodes": [
                 {"node_id": "head", "address": "10.0.0.1", "alive": True, "cpus": 8.0,
@@ -165,8 +182,14 @@ def seed_cluster(store: JobStore, jobs_by_dispatcher: dict[str, list[str]]) -> N
             ],
             "available": {"cpus": 21.0, "gpus": 0.0},
             "running_jobs": {job_id: ["head"] for job_id in job_ids},
+            "waiting": [
+                {"job_id": job_id, "reason": reason} for job_id, reason in (waiting or {}).items()
+            ],
+            "demand": None if demand is None else demand.as_json(),
+            "max_cluster": "gpus=8",
         }  # fmt: skip
-        store.put_dispatcher_status(worker_id, status, ttl_seconds=60)
+        # A seeded dispatcher never publishes again: it must outlive a slow test module.
+        store.put_dispatcher_status(dispatcher_id, status, ttl_seconds=3600)
 
 
 def seed_queued_jobs(queue: JobQueue, count: int, name: str = "queued") -> list[str]:

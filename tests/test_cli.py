@@ -20,7 +20,7 @@ import sys
 import termios
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,8 @@ from PIL import Image
 
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.queue import JobQueue
-from jobs.records import JobStatus
+from jobs.records import JobStatus, Lease
+from jobs.scheduling import Demand
 from jobs.spec import JobSpec, load_spec_text
 from jobs.store import JobStore
 from tests.redis_fixtures import RedisProcess, free_port
@@ -87,6 +88,7 @@ class Cli:
     queue: JobQueue
     store: JobStore
     tmp_path: Path
+    leases: dict[str, Lease] = field(default_factory=dict)  # of the jobs `seed_running` claimed
 
     def __call__(
         self, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 60
@@ -108,11 +110,12 @@ class Cli:
         job_id = self.seed()
         claimed = self.queue.claim("test-worker", lease_seconds=60)
         assert claimed is not None and claimed.job_id == job_id
+        self.leases[job_id] = claimed.lease
         return job_id
 
     def seed_succeeded(self) -> str:
         job_id = self.seed_running()
-        assert self.queue.complete(job_id, "test-worker", {})
+        assert self.queue.complete(self.leases[job_id], {}) is JobStatus.SUCCEEDED
         return job_id
 
 
@@ -306,7 +309,7 @@ def test_status_shows_progress_and_events(genfleet: Cli) -> None:
     result = genfleet("status", job_id)
     lines = result.stdout.splitlines()
     assert lines[0] == f"{job_id}  cli-test  (train, pixelcnn)"
-    assert lines[1] == "status: running   attempts: 1/3"
+    assert lines[1] == "status: running   attempts: 1/3   interruptions: 0/10"
     assert lines[2].endswith(" epoch 2/5   val bits/dim 3.2500")
     assert [line.split(maxsplit=3)[2:] for line in lines[3:]] == [
         ["queued", "submitted"],
@@ -323,7 +326,8 @@ def test_status_shows_the_test_number_and_a_sweeps_best_trial_chosen_on_val(genf
 
     sweep = TRAIN_YAML + "kind: sweep\nsweep:\n  space:\n    train.lr: {choice: [0.001, 0.01]}\n"
     sweep_id = genfleet.queue.submit(load_spec_text(sweep))
-    assert genfleet.queue.claim("test-worker", lease_seconds=60).job_id == sweep_id
+    claimed = genfleet.queue.claim("test-worker", lease_seconds=60)
+    assert claimed.job_id == sweep_id
     summary = {
         "best_trial": "t_0001",
         "best_metric": 2.5,
@@ -331,7 +335,7 @@ def test_status_shows_the_test_number_and_a_sweeps_best_trial_chosen_on_val(genf
         "best_test_metric": 2.625,
         "test_metric": "test_bits_per_dim",
     }
-    assert genfleet.queue.complete(sweep_id, "test-worker", summary)
+    assert genfleet.queue.complete(claimed.lease, summary) is JobStatus.SUCCEEDED
     lines = genfleet("status", sweep_id).stdout.splitlines()
     assert "best trial t_0001:   val bits/dim 2.5000   test bits/dim 2.6250" in lines
 
@@ -346,6 +350,60 @@ def test_status_json_holds_the_record_and_its_events(genfleet: Cli) -> None:
         ("queued", "submitted"),
         ("running", "attempt 1 of 3"),
     ]
+
+
+def publish_waiting(genfleet: Cli, job_id: str, reason: str) -> None:
+    """A dispatcher's status, as cluster/dispatcher.py publishes it, for one waiting job."""
+    demand = Demand.grouped([{"CPU": 1.0, "GPU": 1.0}] * 2, [job_id], time.time(), "d-1")
+    status = {
+        "updated_at": time.time(),
+        "waiting": [{"job_id": job_id, "reason": reason}],
+        "demand": demand.as_json(),
+        "max_cluster": "gpus=8",
+    }
+    genfleet.store.put_dispatcher_status("d-1", status, ttl_seconds=60)
+
+
+def test_status_without_a_job_lists_the_waiting_jobs_and_the_demand_sent(genfleet: Cli) -> None:
+    assert genfleet("status").stdout == (
+        "no dispatcher has reported; start one with `genfleet worker`\n"
+    )
+    job_id = genfleet.seed()
+    reason = "waiting for nodes: needs 2 GPUs; the cluster has 0 GPUs"
+    publish_waiting(genfleet, job_id, reason)
+    lines = genfleet("status").stdout.splitlines()
+    assert lines[:3] == [
+        "dispatchers: 1   largest cluster (GENFLEET_MAX_CLUSTER): gpus=8",
+        "waiting: 1 job(s) at the head of the queue",
+        f"  {job_id}  {reason}",
+    ]
+    assert re.fullmatch(
+        r"asked of Ray's autoscaler: 2 CPUs and 2 GPUs \(2 bundles\) for 1 waiting job "
+        r"\(\d+ s ago, by d-1\)",
+        lines[3],
+    )
+    assert lines[4:] == ["  2 x {CPU: 1, GPU: 1}"]
+    body = json.loads(genfleet("status", "--json").stdout)
+    assert body["waiting"] == [{"job_id": job_id, "reason": reason}]
+    assert body["demand"]["job_ids"] == [job_id]
+
+
+def test_status_of_a_waiting_job_says_why_and_what_was_asked_for_it(genfleet: Cli) -> None:
+    job_id = genfleet.seed()
+    reason = "waiting for nodes: needs 2 GPUs; the cluster has 0 GPUs"
+    genfleet.queue.set_pending_reason(job_id, reason)
+    publish_waiting(genfleet, job_id, reason)
+    lines = genfleet("status", job_id).stdout.splitlines()
+    assert lines[2:4] == [
+        f"why waiting: {reason}",
+        "asked of Ray's autoscaler: 2 CPUs and 2 GPUs (2 bundles) for 1 waiting job",
+    ]
+
+
+def test_a_bad_max_cluster_stops_a_command_with_one_line(genfleet: Cli) -> None:
+    result = genfleet("list", env={"GENFLEET_MAX_CLUSTER": "gpus=lots"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: GENFLEET_MAX_CLUSTER: gpus must be a number >= 0, got 'lots'\n"
 
 
 @pytest.mark.parametrize(
@@ -400,7 +458,7 @@ def test_cancel_of_a_finished_job_is_refused(genfleet: Cli) -> None:
 
 def test_retry_queues_a_failed_job_and_refuses_a_queued_one(genfleet: Cli) -> None:
     job_id = genfleet.seed_running()
-    genfleet.queue.fail(job_id, "test-worker", "ValueError: boom", retryable=False)
+    genfleet.queue.fail(genfleet.leases[job_id], "ValueError: boom", retryable=False)
     assert genfleet.store.get(job_id).status == JobStatus.FAILED
     result = genfleet("retry", job_id)
     assert (result.returncode, result.stdout) == (0, f"{job_id}: queued\n")
@@ -461,7 +519,7 @@ def test_logs_follow_prints_new_lines_and_exits_when_the_job_finishes(genfleet: 
         _wait_until(lambda: output.read_text().endswith("epoch 2 done\n"), timeout=20)
         assert follower.poll() is None, "follow must keep running while the job runs"
         genfleet.store.append_log(job_id, "saved checkpoint")
-        genfleet.queue.complete(job_id, "test-worker", {})
+        genfleet.queue.complete(genfleet.leases[job_id], {})
         _, stderr = follower.communicate(timeout=20)
     finally:
         if follower.poll() is None:

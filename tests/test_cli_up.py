@@ -2,7 +2,8 @@
 
 One test, because the stack takes most of a minute to start on two cores: it checks the
 printed URLs, the dashboard's HTTP answers, the demo jobs in the queue, the demo PixelCNN job
-running to success, and a clean stop on Ctrl-C.
+running to success, and a clean stop on Ctrl-C that takes the dashboard and the embedded Redis
+`up` started with it (tests/test_processes.py stops `up` with SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
 from jobs.records import JobRecord, JobStatus
-from jobs.redis_server import ensure_embedded, stop_embedded
+from jobs.redis_server import embedded_server, stop_embedded
 from jobs.store import JobStore
 from tests.redis_fixtures import free_port
 
@@ -45,7 +47,7 @@ def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GENFLEET_")}
     env |= {"GENFLEET_HOME": str(home), "GENFLEET_DASHBOARD_PORT": str(free_port())}
     yield env
-    stop_embedded(home)  # it outlives `up` on purpose: later commands share it
+    stop_embedded(home)  # `up` stops the Redis it started; this is for a failed test
 
 
 def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_ctrl_c(
@@ -84,8 +86,10 @@ def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_c
             "demo-sweep": demo_jobs["demo_sweep_digits"],
         }
 
-        # The server `up` started; ensure_embedded finds it and starts no second one.
-        store = JobStore(redis.Redis.from_url(ensure_embedded(Path(up_env["GENFLEET_HOME"]))))
+        # The server `up` started; embedded_server finds it and starts no second one.
+        redis_server = embedded_server(Path(up_env["GENFLEET_HOME"]))
+        assert not redis_server.started
+        store = JobStore(redis.Redis.from_url(redis_server.url))
         record = _wait_final(store, jobs["demo-pixelcnn"], DEMO_JOB_SECONDS)
         assert record.status == JobStatus.SUCCEEDED, record.last_error
         assert record.progress["epoch"] == 3
@@ -97,6 +101,7 @@ def test_up_demo_serves_the_dashboard_runs_the_demo_job_and_sweep_and_stops_on_c
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=STOP_SECONDS) == 0, log_path.read_text()[-3000:]
         assert not _port_open(port), "the dashboard must stop with `up`"
+        assert not _is_running(redis_server.pid), "the Redis `up` started must stop with it"
         assert "Traceback" not in log_path.read_text()
     finally:
         if up.poll() is None:
@@ -156,6 +161,13 @@ def _wait_final(store: JobStore, job_id: str, timeout: float) -> JobRecord:
         )
         time.sleep(2)
     return record
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _port_open(port: int) -> bool:

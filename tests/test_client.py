@@ -145,9 +145,8 @@ def test_wait_returns_the_final_record_and_draws_a_bar_of_epochs(
     client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job_id = seed.seed_trained_job(client.queue, client.store, epochs=3, finish=False)
-    finisher = threading.Timer(
-        1.5, lambda: client.queue.complete(job_id, seed.WORKER, {"done": True})
-    )
+    lease = seed.seeded_lease(client.store, job_id)
+    finisher = threading.Timer(1.5, lambda: client.queue.complete(lease, {"done": True}))
     finisher.start()
     try:
         record = client.job(job_id).wait(timeout=30)

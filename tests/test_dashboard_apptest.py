@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from dashboard.spec_builder import parse_range, tunable_paths
 from jobs.queue import JobQueue
 from jobs.recipes import RECIPES
 from jobs.records import JobStatus
+from jobs.scheduling import Demand
 from jobs.store import JobStore
 from tests import dashboard_seed as seed
 from tests.redis_fixtures import RedisProcess
@@ -180,6 +182,19 @@ def test_form_builder_starts_from_each_models_default_recipe(jobs_api):
     recipe = RECIPES["gated_pixelcnn"]
     assert (train["lr"], train["lr_schedule"]) == (recipe["lr"], recipe["lr_schedule"])
     assert train["warmup_steps"] == 10
+
+
+def test_form_builder_bounds_the_wait_only_when_asked(jobs_api):
+    queue, store = jobs_api
+    app = open_page("views/submit.py")
+    assert app.number_input(key="form.scheduling.wait_timeout").value is None
+    assert "scheduling" not in texts(app.code)
+    app.number_input(key="form.scheduling.wait_timeout").set_value(600).run()
+    assert "scheduling:\n  wait_timeout: 600.0\n" in texts(app.code)
+    app.button(key="form.submit").click().run()
+
+    [job_id] = queue.queued()
+    assert store.get(job_id).spec["scheduling"] == {"wait_timeout": 600.0}
 
 
 def test_form_builder_says_why_a_range_is_rejected(jobs_api):
@@ -438,6 +453,61 @@ def test_cluster_page_sums_resources_of_alive_nodes_and_lists_every_dispatchers_
     assert dispatchers["dispatcher"].tolist() == ["dispatcher-2", "dispatcher-1"]  # newest first
     assert all(re.fullmatch(r"\d+ s ago", age) for age in dispatchers["last report"])
     assert dispatchers["running jobs"].tolist() == [1, 1]
+
+
+WAITING_FOR_GPUS = "waiting for nodes: needs 2 GPUs; the cluster has 1 GPU"
+
+
+def seed_waiting(queue: JobQueue, store: JobStore) -> list[str]:
+    """Two queued jobs a dispatcher explained, and the demand it sent for them."""
+    job_ids = seed.seed_queued_jobs(queue, 2)
+    bundles = [{"CPU": 1.0, "GPU": 1.0}] * 2 + [{"CPU": 2.0}]
+    demand = Demand.grouped(bundles, job_ids, sent_at=time.time(), dispatcher="dispatcher-1")
+    reasons = {job_ids[0]: WAITING_FOR_GPUS, job_ids[1]: "needs 2 CPUs, 0 free, 1 job ahead"}
+    seed.seed_cluster(store, {"dispatcher-1": []}, waiting=reasons, demand=demand)
+    return job_ids
+
+
+def test_cluster_page_shows_the_waiting_jobs_why_and_what_was_asked_of_the_autoscaler(jobs_api):
+    queue, store = jobs_api
+    job_ids = seed_waiting(queue, store)
+    app = open_page("views/cluster.py")
+    _, waiting, bundles, dispatchers = (frame.value for frame in app.dataframe)
+    assert waiting["job"].str.removeprefix("job?job=").tolist() == job_ids
+    assert waiting["why waiting"].tolist() == [
+        WAITING_FOR_GPUS,
+        "needs 2 CPUs, 0 free, 1 job ahead",
+    ]
+    assert bundles.to_dict("records") == [
+        {"CPUs": 1.0, "GPUs": 1.0, "bundles": 2},
+        {"CPUs": 2.0, "GPUs": 0.0, "bundles": 1},
+    ]
+    captions = texts(app.caption)
+    assert "Largest cluster (GENFLEET_MAX_CLUSTER): gpus=8" in captions
+    requested = (
+        r"Requested: 4 CPUs and 2 GPUs \(3 bundles\) for 2 waiting jobs; sent \d+ s ago by "
+        r"dispatcher-1\."
+    )
+    assert re.search(requested, captions), captions
+    assert dispatchers["dispatcher"].tolist() == ["dispatcher-1"]
+
+
+def test_cluster_page_says_when_no_job_waits_and_nothing_was_asked(jobs_api):
+    _, store = jobs_api
+    seed.seed_cluster(store, {"dispatcher-1": []})
+    captions = texts(open_page("views/cluster.py").caption)
+    assert "No job waits." in captions
+    assert "Nothing sent yet." in captions
+
+
+def test_jobs_page_says_what_was_asked_of_the_autoscaler_for_the_waiting_jobs(jobs_api):
+    queue, store = jobs_api
+    seed_waiting(queue, store)
+    captions = texts(open_page().caption)
+    assert (
+        "Asked of Ray's autoscaler for the waiting jobs: 4 CPUs and 2 GPUs (3 bundles) for 2 "
+        "waiting jobs." in captions
+    )
 
 
 # Login and launch

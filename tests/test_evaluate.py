@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.records import JobStatus
 from jobs.spec import load_spec_text
 from tests.test_cli import Cli, genfleet, write
 
@@ -87,9 +88,10 @@ def test_evaluate_a_job_and_a_sweep_by_id_from_their_checkpoints(
     out, last = tiny_run
     spec = load_spec_text(TINY_YAML)
     job_id = genfleet.queue.submit(spec)
-    assert genfleet.queue.claim("test-worker", lease_seconds=60).job_id == job_id
+    claimed = genfleet.queue.claim("test-worker", lease_seconds=60)
+    assert claimed.job_id == job_id
     final = str(out / "checkpoints" / "epoch-0002")
-    assert genfleet.queue.complete(job_id, "test-worker", {"checkpoint": final})
+    assert genfleet.queue.complete(claimed.lease, {"checkpoint": final}) is JobStatus.SUCCEEDED
 
     assert evaluated(genfleet, job_id)["test_bits_per_dim"] == pytest.approx(
         last["test_bits_per_dim"], rel=1e-12
@@ -102,14 +104,15 @@ def test_evaluate_a_job_and_a_sweep_by_id_from_their_checkpoints(
         TINY_YAML + "kind: sweep\nsweep:\n  space:\n    train.lr: {choice: [0.001, 0.002]}\n"
     )
     sweep_id = genfleet.queue.submit(sweep)
-    assert genfleet.queue.claim("test-worker", lease_seconds=60).job_id == sweep_id
+    claimed = genfleet.queue.claim("test-worker", lease_seconds=60)
+    assert claimed.job_id == sweep_id
     # Trial t2's run folder holds the checkpoints, as Ray Train's storage folder does.
     genfleet.store.add_checkpoint(sweep_id, 1, str(genfleet.tmp_path / "elsewhere"), trial="t1")
     genfleet.store.add_checkpoint(sweep_id, 2, str(out / "checkpoints"), trial="t2")
     trial = {"config": {"train.lr": 0.002}, "status": "completed", "metric": 2.0}
     genfleet.store.put_trial(sweep_id, "t2", trial)
     result = {"best_trial": "t2", "best_config": {"train.lr": 0.002}, "metric": "val_loss"}
-    assert genfleet.queue.complete(sweep_id, "test-worker", result)
+    assert genfleet.queue.complete(claimed.lease, result) is JobStatus.SUCCEEDED
     assert evaluated(genfleet, sweep_id)["checkpoint"] == final
 
 

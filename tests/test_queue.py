@@ -13,9 +13,17 @@ from multiprocessing.process import BaseProcess
 import pytest
 import redis
 
-from jobs.keys import IDEMPOTENCY_TTL_SECONDS
-from jobs.queue import Backoff, JobQueue, Resources
-from jobs.records import InvalidTransition, JobNotFound, JobStatus, LeaseLost
+from jobs.keys import IDEMPOTENCY_TTL_SECONDS, MAX_INTERRUPTIONS
+from jobs.messages import Checkpoint, Fatal, Image, Log, Message, Metrics, RunInfo, TrialUpdate
+from jobs.queue import Backoff, ClaimedJob, JobQueue, Resources
+from jobs.records import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    JobStatus,
+    Lease,
+    LeaseLost,
+)
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 from tests.redis_fixtures import RedisProcess
@@ -50,10 +58,10 @@ def wait_for_lease_to_expire(queue: JobQueue, job_id: str) -> None:
     time.sleep(max(0.0, deadline - server_time(queue.redis)) + 0.02)
 
 
-def claim_when_due(queue: JobQueue, worker_id: str, timeout: float = 5.0):
+def claim_when_due(queue: JobQueue, dispatcher_id: str, timeout: float = 5.0) -> ClaimedJob:
     """Poll claim until a job comes (a retry waiting out its backoff), or fail the test."""
     give_up = time.monotonic() + timeout
-    while (job := queue.claim(worker_id, lease_seconds=30)) is None:
+    while (job := queue.claim(dispatcher_id, lease_seconds=30)) is None:
         assert time.monotonic() < give_up, "no job became claimable"
         time.sleep(0.01)
     return job
@@ -110,11 +118,11 @@ def test_priority_argument_overrides_the_spec(queue: JobQueue, store: JobStore) 
         queue.submit(make_spec(), priority=10)
 
 
-def test_submit_with_same_idempotency_key_returns_same_job(
+def test_submit_with_same_idempotency_key_and_spec_returns_same_job(
     queue: JobQueue, redis_client: redis.Redis
 ) -> None:
     first = queue.submit(make_spec(), idempotency_key="upload-42")
-    again = queue.submit(make_spec(priority=9), idempotency_key="upload-42")
+    again = queue.submit(make_spec(), idempotency_key="upload-42")
     other = queue.submit(make_spec(), idempotency_key="upload-43")
 
     assert again == first
@@ -138,14 +146,14 @@ def test_submit_stores_record_with_resource_needs(queue: JobQueue, store: JobSto
     assert [event.message for event in store.events(job_id)] == ["submitted"]
 
 
-def _claim_until_empty(port: int, worker_id: str, start_together, claimed) -> None:
+def _claim_until_empty(port: int, dispatcher_id: str, start_together, claimed) -> None:
     """Runs in a spawned process: claim and complete until the queue is empty."""
     queue = JobQueue(redis.Redis(host="127.0.0.1", port=port))
     start_together.wait()
     job_ids = []
-    while (job := queue.claim(worker_id, lease_seconds=60)) is not None:
+    while (job := queue.claim(dispatcher_id, lease_seconds=60)) is not None:
         job_ids.append(job.job_id)
-        assert queue.complete(job.job_id, worker_id, {"by": worker_id})
+        assert queue.complete(job.lease, {"by": dispatcher_id}) is JobStatus.SUCCEEDED
     claimed.put(job_ids)
 
 
@@ -200,38 +208,49 @@ def test_claimed_job_returns_to_queue_when_lease_expires(
 
     record = store.get(job_id)
     assert record.status is JobStatus.QUEUED
-    assert record.last_error == "lease of worker doomed-worker expired during attempt 1"
+    # A crash is an interruption, not a failure of the run: the attempt is given back.
+    assert (record.attempts, record.interruptions) == (0, 1)
+    assert store.events(job_id)[-1].message == (
+        f"lease of dispatcher doomed-worker expired during attempt 1 "
+        f"(interruption 1 of {MAX_INTERRUPTIONS})"
+    )
     assert queue.queue_position(job_id) == 0
     again = queue.claim("rescuer", lease_seconds=30)
-    assert (again.job_id, again.attempt, again.record.owner) == (job_id, 2, "rescuer")
+    assert (again.job_id, again.attempt, again.record.owner) == (job_id, 1, "rescuer")
+    assert again.lease == Lease(job_id, "rescuer", 2)
 
 
 def test_renewed_lease_keeps_job_from_reaper(queue: JobQueue, store: JobStore) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("worker", lease_seconds=0.3)
+    job = queue.claim("worker", lease_seconds=0.3)
 
-    assert queue.renew_lease(job_id, "worker", lease_seconds=30)
+    queue.renew_lease(job.lease, lease_seconds=30)
     time.sleep(0.4)
 
     assert queue.requeue_expired() == []
-    assert store.get(job_id).status is JobStatus.RUNNING
+    record = store.get(job_id)
+    assert record.status is JobStatus.RUNNING
+    assert record.lease_deadline > server_time(queue.redis) + 29
 
 
 def test_worker_that_lost_its_lease_cannot_finish_the_job(queue: JobQueue, store: JobStore) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("slow-worker", lease_seconds=0.1)
+    slow = queue.claim("slow-worker", lease_seconds=0.1)
     wait_for_lease_to_expire(queue, job_id)
     assert queue.requeue_expired() == [job_id]
-    assert queue.claim("new-worker", lease_seconds=30).attempt == 2
+    new = queue.claim("new-worker", lease_seconds=30)
+    assert new.attempt == 1  # the expiry used no attempt
 
-    assert not queue.renew_lease(job_id, "slow-worker", lease_seconds=30)
-    assert not queue.complete(job_id, "slow-worker", {"loss": 1.0})
-    with pytest.raises(
-        LeaseLost, match=f"worker slow-worker no longer holds the lease on job {job_id}"
-    ):
-        queue.fail(job_id, "slow-worker", "late error")
-    assert queue.renew_lease(job_id, "new-worker", lease_seconds=30)
-    assert queue.complete(job_id, "new-worker", {"loss": 0.5})
+    lost = f"dispatcher slow-worker no longer holds the lease on job {job_id}"
+    with pytest.raises(LeaseLost, match=lost):
+        queue.renew_lease(slow.lease, lease_seconds=30)
+    with pytest.raises(LeaseLost, match=lost):
+        queue.complete(slow.lease, {"loss": 1.0})
+    with pytest.raises(LeaseLost, match=lost) as failed:
+        queue.fail(slow.lease, "late error")
+    assert (failed.value.job_id, failed.value.dispatcher_id) == (job_id, "slow-worker")
+    queue.renew_lease(new.lease, lease_seconds=30)
+    assert queue.complete(new.lease, {"loss": 0.5}) is JobStatus.SUCCEEDED
     assert store.get(job_id).result == {"loss": 0.5}
 
 
@@ -245,7 +264,7 @@ def test_poison_job_is_dead_lettered_after_max_attempts_with_error_and_traceback
         job = claim_when_due(queue, "worker")
         assert (job.job_id, job.attempt) == (job_id, attempt)
         traceback = f'Traceback:\n  File "train.py", line {attempt}\nRuntimeError: boom {attempt}'
-        outcomes.append(queue.fail(job_id, "worker", f"boom {attempt}", traceback))
+        outcomes.append(queue.fail(job.lease, f"boom {attempt}", traceback))
 
     assert outcomes == [JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.DEAD]
     record = store.get(job_id)
@@ -263,9 +282,9 @@ def test_retry_waits_out_exponential_backoff(redis_client: redis.Redis, store: J
     queue = JobQueue(redis_client, backoff=Backoff(base_seconds=0.4, cap_seconds=0.6))
     job_id = queue.submit(make_spec(max_attempts=5))
 
-    queue.claim("worker", lease_seconds=30)
+    job = queue.claim("worker", lease_seconds=30)
     for expected_delay in (0.4, 0.6):  # 0.4 * 2^0, then 0.4 * 2^1 capped at 0.6
-        assert queue.fail(job_id, "worker", "flaky") is JobStatus.QUEUED
+        assert queue.fail(job.lease, "flaky") is JobStatus.QUEUED
         failed_at = store.get(job_id).updated_at
         due = redis_client.zscore(queue.keys.delayed, job_id)
         assert due - failed_at == pytest.approx(expected_delay, abs=1e-3)
@@ -280,9 +299,9 @@ def test_retry_waits_out_exponential_backoff(redis_client: redis.Redis, store: J
 
 def test_non_retryable_failure_fails_job_at_once(queue: JobQueue, store: JobStore) -> None:
     job_id = queue.submit(make_spec(max_attempts=5))
-    queue.claim("worker", lease_seconds=30)
+    job = queue.claim("worker", lease_seconds=30)
 
-    status = queue.fail(job_id, "worker", "train.lr: must be > 0", retryable=False)
+    status = queue.fail(job.lease, "train.lr: must be > 0", retryable=False)
 
     assert status is JobStatus.FAILED
     assert (store.get(job_id).status, store.get(job_id).attempts) == (JobStatus.FAILED, 1)
@@ -322,8 +341,8 @@ def test_cancel_of_job_waiting_out_backoff_keeps_it_from_coming_back(
     queue: JobQueue, store: JobStore
 ) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("worker", 30)
-    queue.fail(job_id, "worker", "flaky")
+    job = queue.claim("worker", 30)
+    queue.fail(job.lease, "flaky")
 
     assert queue.cancel(job_id) is JobStatus.CANCELLED
     time.sleep(0.1)
@@ -335,14 +354,14 @@ def test_cancel_running_job_sets_flag_until_dispatcher_marks_it_cancelled(
     queue: JobQueue, store: JobStore
 ) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("worker", lease_seconds=30)
+    job = queue.claim("worker", lease_seconds=30)
     assert not queue.is_cancel_requested(job_id)
 
     assert queue.cancel(job_id) is JobStatus.RUNNING
 
     assert queue.is_cancel_requested(job_id)
     assert store.get(job_id).status is JobStatus.RUNNING
-    assert queue.mark_cancelled(job_id, "worker")
+    assert queue.mark_cancelled(job.lease) is JobStatus.CANCELLED
     record = store.get(job_id)
     assert (record.status, record.cancel_requested) == (JobStatus.CANCELLED, True)
     assert queue.requeue_expired() == []
@@ -354,12 +373,12 @@ def test_cancel_running_job_sets_flag_until_dispatcher_marks_it_cancelled(
 
 def test_running_job_with_cancel_requested_is_not_retried(queue: JobQueue, store: JobStore) -> None:
     failing, crashing = queue.submit(make_spec()), queue.submit(make_spec())
-    queue.claim("worker", lease_seconds=30)
+    failing_job = queue.claim("worker", lease_seconds=30)
     queue.claim("worker", lease_seconds=0.1)
     queue.cancel(failing)
     queue.cancel(crashing)
 
-    assert queue.fail(failing, "worker", "killed by the dispatcher") is JobStatus.CANCELLED
+    assert queue.fail(failing_job.lease, "killed by the dispatcher") is JobStatus.CANCELLED
     wait_for_lease_to_expire(queue, crashing)
     assert queue.requeue_expired() == [crashing]
     assert store.get(crashing).status is JobStatus.CANCELLED
@@ -383,8 +402,8 @@ def test_set_priority_resorts_queued_job_and_keeps_fifo_among_equals(
 
 def test_retry_puts_dead_job_back_with_attempts_reset(queue: JobQueue, store: JobStore) -> None:
     dead = queue.submit(make_spec(max_attempts=1))
-    queue.claim("worker", lease_seconds=30)
-    assert queue.fail(dead, "worker", "out of memory") is JobStatus.DEAD
+    job = queue.claim("worker", lease_seconds=30)
+    assert queue.fail(job.lease, "out of memory") is JobStatus.DEAD
     waiting = queue.submit(make_spec())
 
     queue.retry(dead)
@@ -401,14 +420,14 @@ def test_illegal_transitions_name_the_job_its_status_and_what_is_allowed(
     queue: JobQueue,
 ) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("worker", lease_seconds=30)
+    job = queue.claim("worker", lease_seconds=30)
 
     with pytest.raises(InvalidTransition) as retry_running:
         queue.retry(job_id)
     assert str(retry_running.value) == (
         f"cannot retry job {job_id}: it is running; retry needs a failed, dead or cancelled job"
     )
-    queue.complete(job_id, "worker", {})
+    queue.complete(job.lease, {})
     with pytest.raises(InvalidTransition, match=f"cannot cancel job {job_id}: it is succeeded"):
         queue.cancel(job_id)
     with pytest.raises(InvalidTransition, match="it is succeeded; reprioritise needs a queued"):
@@ -421,10 +440,11 @@ def test_illegal_transitions_name_the_job_its_status_and_what_is_allowed(
         lambda queue: queue.cancel("nope"),
         lambda queue: queue.retry("nope"),
         lambda queue: queue.set_priority("nope", 3),
-        lambda queue: queue.renew_lease("nope", "worker", 30),
-        lambda queue: queue.complete("nope", "worker", {}),
-        lambda queue: queue.fail("nope", "worker", "error"),
-        lambda queue: queue.mark_cancelled("nope", "worker"),
+        lambda queue: queue.renew_lease(Lease("nope", "worker", 1), 30),
+        lambda queue: queue.complete(Lease("nope", "worker", 1), {}),
+        lambda queue: queue.fail(Lease("nope", "worker", 1), "error"),
+        lambda queue: queue.mark_cancelled(Lease("nope", "worker", 1)),
+        lambda queue: queue.release(Lease("nope", "worker", 1), "stopping"),
         lambda queue: queue.is_cancel_requested("nope"),
         lambda queue: queue.set_pending_reason("nope", "waiting"),
     ],
@@ -454,7 +474,7 @@ def test_reaper_skips_job_still_running_elsewhere(queue: JobQueue, store: JobSto
     assert store.get(job_id).status is JobStatus.QUEUED
 
 
-def test_lease_expiry_on_last_attempt_dead_letters_the_job(
+def test_lease_expiry_on_last_attempt_uses_no_attempt_and_a_run_failure_dead_letters_it(
     queue: JobQueue, store: JobStore
 ) -> None:
     job_id = queue.submit(make_spec(max_attempts=1))
@@ -464,11 +484,322 @@ def test_lease_expiry_on_last_attempt_dead_letters_the_job(
     assert queue.requeue_expired() == [job_id]
 
     record = store.get(job_id)
-    assert (record.status, record.last_error) == (
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 1)
+    again = queue.claim("worker", lease_seconds=30)
+    assert (again.job_id, again.attempt) == (job_id, 1)
+    assert queue.fail(again.lease, "out of memory") is JobStatus.DEAD
+    record = store.get(job_id)
+    assert (record.status, record.last_error) == (JobStatus.DEAD, "out of memory")
+    assert queue.claim("worker", lease_seconds=30) is None
+
+
+def test_job_is_dead_after_max_interruptions_expired_leases(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec(max_attempts=1))
+
+    outcomes = []
+    for crash in range(MAX_INTERRUPTIONS):
+        job = queue.claim(f"dispatcher-{crash}", lease_seconds=0.05)
+        assert (job.job_id, job.attempt) == (job_id, 1)  # expiries never use up the attempt
+        wait_for_lease_to_expire(queue, job_id)
+        assert queue.requeue_expired() == [job_id]
+        outcomes.append(store.get(job_id).status)
+
+    assert outcomes == [JobStatus.QUEUED] * (MAX_INTERRUPTIONS - 1) + [JobStatus.DEAD]
+    record = store.get(job_id)
+    last = MAX_INTERRUPTIONS - 1
+    expected_error = (
+        f"lease of dispatcher dispatcher-{last} expired during attempt 1 "
+        f"(interruption {MAX_INTERRUPTIONS} of {MAX_INTERRUPTIONS})"
+    )
+    assert (record.status, record.attempts, record.interruptions, record.last_error) == (
         JobStatus.DEAD,
-        "lease of worker worker expired during attempt 1",
+        0,
+        MAX_INTERRUPTIONS,
+        expected_error,
+    )
+    assert record.finished_at is not None and record.lease_deadline is None
+    final = store.events(job_id)[-1]
+    assert (final.status, final.message) == (
+        JobStatus.DEAD,
+        expected_error + ": too many interruptions",
     )
     assert queue.claim("worker", lease_seconds=30) is None
+    assert queue.requeue_expired() == []
+
+
+def test_release_hands_back_without_an_attempt_and_keeps_the_jobs_place(
+    queue: JobQueue, store: JobStore, redis_client: redis.Redis
+) -> None:
+    first, second, third = (queue.submit(make_spec(priority=5)) for _ in range(3))
+    job = queue.claim("dispatcher-1", lease_seconds=30)
+    assert job.job_id == first
+    assert queue.queued() == [second, third]
+
+    status = queue.release(job.lease, "handed back: dispatcher dispatcher-1 stopped")
+
+    assert status is JobStatus.QUEUED
+    assert queue.queued() == [first, second, third]  # FIFO among equals, as if never claimed
+    record = store.get(first)
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 0)
+    assert record.lease_deadline is None and record.finished_at is None
+    assert redis_client.zscore(queue.keys.running, first) is None
+    final = store.events(first)[-1]
+    assert (final.status, final.message, final.worker) == (
+        JobStatus.QUEUED,
+        "handed back: dispatcher dispatcher-1 stopped",
+        "dispatcher-1",
+    )
+    again = queue.claim("dispatcher-2", lease_seconds=30)
+    assert (again.job_id, again.attempt, again.lease) == (first, 1, Lease(first, "dispatcher-2", 2))
+
+
+def test_three_sigterm_releases_in_a_row_do_not_dead_letter_the_job(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec(max_attempts=1))
+
+    for stop in range(3):
+        job = queue.claim(f"dispatcher-{stop}", lease_seconds=30)
+        assert (job.job_id, job.attempt) == (job_id, 1)
+        assert queue.release(job.lease, "handed back: dispatcher stopped") is JobStatus.QUEUED
+
+    record = store.get(job_id)
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 0)
+    job = queue.claim("dispatcher-3", lease_seconds=30)
+    assert (job.job_id, job.attempt, job.lease.claim) == (job_id, 1, 4)
+    assert queue.fail(job.lease, "out of memory") is JobStatus.DEAD  # a run failure still counts
+
+
+def test_interrupted_release_counts_toward_the_cap_and_retry_resets_it(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    statuses = []
+    for _ in range(MAX_INTERRUPTIONS):
+        job = queue.claim("dispatcher", lease_seconds=30)
+        statuses.append(queue.release(job.lease, "its relay actor was lost", interrupted=True))
+    assert statuses == [JobStatus.QUEUED] * (MAX_INTERRUPTIONS - 1) + [JobStatus.DEAD]
+    assert store.get(job_id).interruptions == MAX_INTERRUPTIONS
+
+    queue.retry(job_id)
+
+    record = store.get(job_id)
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 0)
+    job = queue.claim("dispatcher", lease_seconds=30)
+    assert job.attempt == 1
+    assert queue.release(job.lease, "its node was lost", interrupted=True) is JobStatus.QUEUED
+    assert store.events(job_id)[-1].message == (
+        f"its node was lost (interruption 1 of {MAX_INTERRUPTIONS})"
+    )
+
+
+def test_release_of_a_job_with_a_cancel_pending_ends_it_cancelled(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    job = queue.claim("dispatcher", lease_seconds=30)
+    queue.cancel(job_id)
+
+    assert queue.release(job.lease, "handed back: dispatcher stopped") is JobStatus.CANCELLED
+
+    record = store.get(job_id)
+    assert (record.status, record.attempts) == (JobStatus.CANCELLED, 0)
+    assert record.finished_at is not None
+    assert queue.queued() == []
+    assert queue.claim("dispatcher", lease_seconds=30) is None
+
+
+def test_run_that_completes_while_a_cancel_is_pending_ends_cancelled_with_its_result(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    job = queue.claim("dispatcher", lease_seconds=30)
+    assert queue.cancel(job_id) is JobStatus.RUNNING
+
+    status = queue.complete(job.lease, {"val_bits_per_dim": 1.25})
+
+    assert status is JobStatus.CANCELLED
+    record = store.get(job_id)
+    assert (record.status, record.result) == (JobStatus.CANCELLED, {"val_bits_per_dim": 1.25})
+    assert record.finished_at is not None and record.lease_deadline is None
+    assert [(event.status, event.message) for event in store.events(job_id)][-2:] == [
+        (JobStatus.RUNNING, "cancel requested"),
+        (
+            JobStatus.CANCELLED,
+            "cancelled: the run finished before it could be stopped; its result is kept",
+        ),
+    ]
+    counts = store.counts_by_status()
+    assert (counts[JobStatus.CANCELLED], counts[JobStatus.SUCCEEDED]) == (1, 0)
+    assert queue.requeue_expired() == []
+
+
+def test_idempotency_key_with_another_spec_names_the_existing_job_and_changes_nothing(
+    queue: JobQueue, store: JobStore, redis_client: redis.Redis
+) -> None:
+    first = queue.submit(make_spec(), idempotency_key="upload-42")
+    key = queue.keys.idempotency("upload-42")
+    keys_before, stored_before = sorted(redis_client.keys("*")), redis_client.get(key)
+    events_before = store.events(first)
+
+    with pytest.raises(IdempotencyConflict) as conflict:
+        queue.submit(make_spec(priority=9), idempotency_key="upload-42")
+
+    assert isinstance(conflict.value, ValueError)
+    assert conflict.value.job_id == first
+    assert str(conflict.value) == (
+        f"idempotency key 'upload-42' already belongs to job {first}, submitted with another "
+        "spec; use a new key, or the same spec to get that job back"
+    )
+    assert sorted(redis_client.keys("*")) == keys_before
+    assert redis_client.get(key) == stored_before
+    assert queue.queued() == [first]
+    assert store.list_jobs().total == 1
+    assert store.events(first) == events_before
+    assert queue.submit(make_spec(), idempotency_key="upload-42") == first  # still the same job
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(32))
+
+
+def every_kind_of_message(trial: str = "t_01") -> list[Message]:
+    """One message of each stored kind, for the job and for a trial."""
+    return [
+        Metrics({"epoch": 1, "val_bits_per_dim": 2.5}),
+        Metrics({"epoch": 1, "val_bits_per_dim": 3.5}, trial),
+        Image("samples", 1, PNG),
+        Image("samples", 1, PNG, trial),
+        Log("epoch 1 done"),
+        Checkpoint(1, "/storage/run/epoch-1"),
+        TrialUpdate(trial, {"config": {"train.lr": 0.01}, "status": "running"}),
+        RunInfo({"device": "cpu"}),
+        Fatal("loss diverged", trial),
+    ]
+
+
+def artifacts(store: JobStore, job_id: str, trial: str = "t_01") -> dict[str, object]:
+    """Everything a run can write, as the readers see it."""
+    return {
+        "metrics": store.metrics(job_id),
+        "trial metrics": store.metrics(job_id, trial=trial),
+        "images": store.list_images(job_id),
+        "trial images": store.list_images(job_id, trial=trial),
+        "logs": store.logs(job_id),
+        "log length": store.log_length(job_id),
+        "checkpoints": store.checkpoints(job_id),
+        "trials": store.trials(job_id),
+        "events": store.events(job_id),
+        "progress": store.get(job_id).progress,
+    }
+
+
+def test_writes_for_a_run_whose_lease_expired_and_was_claimed_again_are_refused(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    cut_off = queue.claim("dispatcher-a", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+    assert queue.requeue_expired() == [job_id]
+    owner = queue.claim("dispatcher-b", lease_seconds=30)
+    before = artifacts(store, job_id)
+
+    with pytest.raises(
+        LeaseLost, match=f"dispatcher dispatcher-a no longer holds the lease on job {job_id}"
+    ):
+        store.write_for_run(cut_off.lease, every_kind_of_message())
+
+    assert artifacts(store, job_id) == before
+    assert {name: value for name, value in before.items() if name != "events"} == {
+        "metrics": [], "trial metrics": [], "images": [], "trial images": [], "logs": [],
+        "log length": 0, "checkpoints": [], "trials": [], "progress": {},
+    }  # fmt: skip
+    store.write_for_run(owner.lease, every_kind_of_message())  # the owner's batch lands
+    landed = artifacts(store, job_id)
+    assert (len(landed["metrics"]), len(landed["trial images"]), len(landed["trials"])) == (1, 1, 1)
+    assert landed["progress"] == {"epoch": 1, "val_bits_per_dim": 2.5}
+
+
+def test_the_same_dispatcher_claiming_a_job_again_cannot_use_its_older_lease(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    older = queue.claim("dispatcher-a", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+    assert queue.requeue_expired() == [job_id]
+    newer = queue.claim("dispatcher-a", lease_seconds=30)
+    assert (older.lease, newer.lease) == (
+        Lease(job_id, "dispatcher-a", 1),
+        Lease(job_id, "dispatcher-a", 2),
+    )
+
+    with pytest.raises(LeaseLost):
+        store.write_for_run(older.lease, [Log("from the copy of the run cut off")])
+    with pytest.raises(LeaseLost):
+        queue.renew_lease(older.lease, 30)
+    with pytest.raises(LeaseLost):
+        queue.complete(older.lease, {"copy": "old"})
+
+    store.write_for_run(newer.lease, [Log("from the run that owns the job")])
+    assert store.logs(job_id) == ["from the run that owns the job"]
+    assert queue.complete(newer.lease, {"copy": "new"}) is JobStatus.SUCCEEDED
+    assert store.get(job_id).result == {"copy": "new"}
+
+
+@pytest.mark.parametrize(
+    "stale_call",
+    [
+        lambda queue, lease: queue.renew_lease(lease, 30),
+        lambda queue, lease: queue.complete(lease, {"loss": 1.0}),
+        lambda queue, lease: queue.fail(lease, "late error", "Traceback ..."),
+        lambda queue, lease: queue.fail(lease, "late error", retryable=False),
+        lambda queue, lease: queue.mark_cancelled(lease),
+        lambda queue, lease: queue.release(lease, "handed back"),
+        lambda queue, lease: queue.release(lease, "relay lost", interrupted=True),
+    ],
+    ids=["renew", "complete", "fail", "fail-final", "mark-cancelled", "release", "interrupt"],
+)
+def test_leased_calls_with_a_stale_lease_raise_lease_lost_and_change_nothing(
+    queue: JobQueue,
+    store: JobStore,
+    redis_client: redis.Redis,
+    stale_call: Callable[[JobQueue, Lease], object],
+) -> None:
+    job_id = queue.submit(make_spec())
+    stale = queue.claim("dispatcher-a", lease_seconds=0.1)
+    wait_for_lease_to_expire(queue, job_id)
+    assert queue.requeue_expired() == [job_id]
+    queue.claim("dispatcher-b", lease_seconds=30)
+    queue.cancel(job_id)  # a pending cancel: mark_cancelled and release would act on it
+    record, events = store.get(job_id), store.events(job_id)
+    deadline = redis_client.zscore(queue.keys.running, job_id)
+
+    with pytest.raises(LeaseLost) as lost:
+        stale_call(queue, stale.lease)
+
+    assert (lost.value.job_id, lost.value.dispatcher_id) == (job_id, "dispatcher-a")
+    assert store.get(job_id) == record
+    assert store.events(job_id) == events
+    assert redis_client.zscore(queue.keys.running, job_id) == deadline
+    assert (queue.queued(), redis_client.zcard(queue.keys.delayed)) == ([], 0)
+
+
+def test_a_finished_job_refuses_the_lease_it_finished_with(
+    queue: JobQueue, store: JobStore
+) -> None:
+    job_id = queue.submit(make_spec())
+    job = queue.claim("dispatcher", lease_seconds=30)
+    assert queue.complete(job.lease, {"loss": 0.5}) is JobStatus.SUCCEEDED
+
+    with pytest.raises(LeaseLost):
+        queue.complete(job.lease, {"loss": 9.9})
+    with pytest.raises(LeaseLost):
+        store.write_for_run(job.lease, [Metrics({"epoch": 9})])
+
+    record = store.get(job_id)
+    assert (record.status, record.result) == (JobStatus.SUCCEEDED, {"loss": 0.5})
+    assert store.metrics(job_id) == []
 
 
 def test_reject_fails_a_queued_job_that_can_never_run(queue: JobQueue, store: JobStore) -> None:

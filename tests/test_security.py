@@ -4,6 +4,7 @@ what the dashboard and Ray listen on, and how bad specs, data, checkpoints and l
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import BaseModel
 
-from cluster.relay_sink import write_messages
+from jobs import messages
 from jobs.keys import Keys
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.queue import Backoff, JobQueue
@@ -125,7 +126,7 @@ def png_bytes() -> bytes:
 
 
 def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
-    """Submit, claim, progress (through the dispatcher's relay writer), a retry, a sweep's
+    """Submit, claim, progress (through the dispatcher's fenced run writer), a retry, a sweep's
     trials, cancel, reject, complete, listings: every kind of write genfleet makes."""
     queue = JobQueue(client, prefix, backoff=Backoff(base_seconds=0.01, cap_seconds=0.01))
     store = JobStore(client, prefix)
@@ -140,21 +141,22 @@ def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
     queue.set_pending_reason(waiting, "needs 1 CPUs, 0 free, 0 jobs ahead")
 
     sweep = queue.claim("host-1", lease_seconds=30)
-    messages = [
-        ("info", {"trial": None, "info": {"model": "pixelcnn", "dims": 64}}),
-        ("worker", {"trial": "t_0001", "rank": 0, "pid": 4242, "node_id": "abc"}),
-        ("trial", {"trial": "t_0001", "info": {"config": {"train.lr": 0.01}, "status": "ok"}}),
-        ("metrics", {"trial": "t_0001", "metrics": {"epoch": 1, "val_bits_per_dim": 2.5}}),
-        ("image", {"trial": "t_0001", "name": "samples", "epoch": 1, "png": png_bytes()}),
-        ("log", {"trial": "t_0001", "line": "epoch 1\tval 2.5 [ok] {not json"}),
-        ("checkpoint", {"trial": "t_0001", "epoch": 1, "path": "/storage/x/t_0001"}),
+    relayed = [
+        messages.RunInfo({"model": "pixelcnn", "dims": 64}),
+        messages.Worker(rank=0, pid=4242, node_id="abc", placement_group=None, trial="t_0001"),
+        messages.TrialUpdate("t_0001", {"config": {"train.lr": 0.01}, "status": "ok"}),
+        messages.Metrics({"epoch": 1, "val_bits_per_dim": 2.5}, trial="t_0001"),
+        messages.Image("samples", 1, png_bytes(), trial="t_0001"),
+        messages.Log("epoch 1\tval 2.5 [ok] {not json", trial="t_0001"),
+        messages.Checkpoint(1, "/storage/x/t_0001", trial="t_0001"),
     ]
-    write_messages(store, sweep.job_id, messages)
-    assert queue.complete(sweep.job_id, "host-1", {"best_trial": "t_0001", "best_metric": 2.5})
+    store.write_for_run(sweep.lease, relayed)
+    summary = {"best_trial": "t_0001", "best_metric": 2.5}
+    assert queue.complete(sweep.lease, summary) is JobStatus.SUCCEEDED
 
     first = queue.claim("host-2", lease_seconds=30)
     assert first.job_id == train_id
-    queue.fail(train_id, "host-2", "RuntimeError: worker lost", "Traceback (most recent...)")
+    queue.fail(first.lease, "RuntimeError: worker lost", "Traceback (most recent...)")
     time.sleep(0.05)
     second = queue.claim("host-2", lease_seconds=30)
     assert (second.job_id, second.attempt) == (train_id, 2)
@@ -162,8 +164,9 @@ def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
     store.put_image(train_id, "samples", 1, png_bytes())
     store.append_log(train_id, "resumed from /storage/x after epoch 1, step 9")
     store.add_checkpoint(train_id, 1, "/storage/x/epoch-0001")
-    assert queue.renew_lease(train_id, "host-2", 30)
-    assert queue.complete(train_id, "host-2", {"metrics": {"val_bits_per_dim": 2.4}})
+    queue.renew_lease(second.lease, 30)
+    result = {"metrics": {"val_bits_per_dim": 2.4}}
+    assert queue.complete(second.lease, result) is JobStatus.SUCCEEDED
     store.append_event(train_id, "note from an operator", worker="host-2")
     for dispatcher in ("host-2", "host-3"):
         status = {"dispatcher": dispatcher, "nodes": [], "available": {}, "running_jobs": {}}
@@ -438,12 +441,14 @@ def test_job_ids_and_key_names_are_generated_whatever_the_user_writes(
     redis_client: redis.Redis,
 ) -> None:
     queue, store = JobQueue(redis_client, "names"), JobStore(redis_client, "names")
-    job_id = queue.submit(spec_of(name="My run. v2"), idempotency_key="../../etc/passwd\n*")
+    spec = spec_of(name="My run. v2")
+    job_id = queue.submit(spec, idempotency_key="../../etc/passwd\n*")
 
     assert len(job_id) == 12 and int(job_id, 16) >= 0  # 48 random bits, hex
     key = queue.keys.idempotency("../../etc/passwd\n*")
     assert key.startswith("names:idempotency:") and len(key.rsplit(":", 1)[1]) == 64
-    assert redis_client.get(key) == job_id.encode()
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()  # binds key to spec
+    assert redis_client.get(key) == f"{job_id} {digest}".encode()
     for hostile in ("../x", "a:b", "t/1", "", "x" * 200):
         with pytest.raises(ValueError, match="trial: must match"):
             store.put_trial(job_id, hostile, {})

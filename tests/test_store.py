@@ -5,14 +5,28 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import redis
 
 from jobs.keys import LOG_LINES_KEPT
+from jobs.messages import Checkpoint as CheckpointMessage
+from jobs.messages import (
+    Controller,
+    Fatal,
+    Image,
+    Log,
+    Metrics,
+    PlacementGroup,
+    RunInfo,
+    TrialUpdate,
+    Worker,
+)
 from jobs.queue import JobQueue
-from jobs.records import JobNotFound, JobStatus
+from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
+from jobs.scheduling import Demand
 from jobs.spec import JobSpec
 from jobs.store import Checkpoint, ImageNotFound, ImageRef, JobStore
 from tests.redis_fixtures import RedisProcess
@@ -51,10 +65,11 @@ def fleet(redis_server: RedisProcess) -> tuple[JobStore, list[Listed]]:
         jobs.append(Listed(queue.submit(make_spec(model, kind)), model, kind, JobStatus.QUEUED))
     by_id = {job.job_id: job for job in jobs}
     for claimed in range(600):
-        job_id = queue.claim("worker", lease_seconds=600).job_id
+        job = queue.claim("worker", lease_seconds=600)
+        job_id = job.job_id
         status = JobStatus.RUNNING
         if claimed % 2 == 0:
-            queue.complete(job_id, "worker", {})
+            queue.complete(job.lease, {})
             status = JobStatus.SUCCEEDED
         by_id[job_id] = Listed(job_id, by_id[job_id].model, by_id[job_id].kind, status)
     for job in jobs[-300:]:
@@ -158,14 +173,18 @@ def test_unknown_job_raises_job_not_found(store: JobStore) -> None:
         store.append_metrics("missing", {"epoch": 1})
     with pytest.raises(JobNotFound):
         store.append_event("missing", "note")
+    with pytest.raises(JobNotFound):
+        store.write_for_run(
+            Lease("missing", "dispatcher", 1), [Log("a line"), Metrics({"epoch": 1})]
+        )
     assert store.redis.keys("*") == []  # no half-written record
 
 
 def test_events_record_each_transition_with_its_worker(queue: JobQueue, store: JobStore) -> None:
     job_id = queue.submit(make_spec())
-    queue.claim("gpu-node-3", lease_seconds=30)
+    job = queue.claim("gpu-node-3", lease_seconds=30)
     store.append_event(job_id, "placed on 2 Ray workers", worker="dispatcher")
-    queue.complete(job_id, "gpu-node-3", {"val_bits_per_dim": 1.1})
+    queue.complete(job.lease, {"val_bits_per_dim": 1.1})
 
     events = store.events(job_id)
 
@@ -316,10 +335,185 @@ def test_checkpoints_and_trials_round_trip(queue: JobQueue, store: JobStore) -> 
     ]  # fmt: skip
 
 
-def dispatcher_status(worker_id: str, jobs: dict[str, list[str]], free_cpus: float) -> dict:
+# -- writes made for a run: write_for_run, behind the run's lease ------------------------------
+
+
+@pytest.fixture
+def lease(queue: JobQueue) -> Lease:
+    """The lease of a running sweep, as its dispatcher holds it."""
+    queue.submit(make_spec(kind="sweep"))
+    return queue.claim("dispatcher-1", lease_seconds=30).lease
+
+
+def stored(store: JobStore, job_id: str) -> dict[str, object]:
+    """Every key's value under the job, for comparing before and after a write."""
+    return {key: store.redis.dump(key) for key in sorted(store.redis.keys(f"*{job_id}*"))} | {
+        "events": store.events(job_id)
+    }
+
+
+def test_write_for_run_stores_each_message_kind_where_the_readers_find_it(
+    store: JobStore, lease: Lease
+) -> None:
+    job_id = lease.job_id
+
+    store.write_for_run(
+        lease,
+        [
+            Metrics({"epoch": 1, "val_bits_per_dim": 2.5, "grad_norm": math.inf}),
+            Metrics({"epoch": 1, "val_bits_per_dim": 3.0}, trial="t_01"),
+            Image("samples", 1, PNG),
+            Image("samples", 1, PNG + b"trial", trial="t_01"),
+            Log("epoch 1 done"),
+            Log("epoch 1 done", trial="t_01"),
+            CheckpointMessage(1, "/storage/sweep/epoch-1"),
+            CheckpointMessage(2, "s3://bucket/sweep/t_01", trial="t_01"),
+            TrialUpdate("t_01", {"config": {"train.lr": 0.01}, "status": "running"}),
+            RunInfo({"device": "cpu", "parameters": 1200}),
+            Fatal("loss is nan at step 7"),
+            Fatal("loss is nan at step 3", trial="t_02"),
+        ],
+    )
+
+    row = {"epoch": 1, "val_bits_per_dim": 2.5, "grad_norm": None}
+    assert store.metrics(job_id) == [row]
+    assert store.get(job_id).progress == row  # only the job's own rows
+    assert store.metrics(job_id, trial="t_01") == [{"epoch": 1, "val_bits_per_dim": 3.0}]
+    assert store.get_image(job_id, "samples", 1) == PNG
+    assert store.get_image(job_id, "samples", 1, trial="t_01") == PNG + b"trial"
+    assert store.list_images(job_id, trial="t_01") == [ImageRef("samples", 1)]
+    assert store.logs(job_id) == [
+        "epoch 1 done",
+        "[t_01] epoch 1 done",
+        "run stopped: loss is nan at step 7",
+        "[t_02] run stopped: loss is nan at step 3",
+    ]
+    assert store.log_length(job_id) == 4
+    assert store.checkpoints(job_id) == [
+        Checkpoint(1, "/storage/sweep/epoch-1"),
+        Checkpoint(2, "s3://bucket/sweep/t_01", "t_01"),
+    ]
+    assert store.trials(job_id) == [
+        {"trial_id": "t_01", "config": {"train.lr": 0.01}, "status": "running"}
+    ]
+    info = store.events(job_id)[-1]
+    assert (info.status, info.message, info.worker) == (
+        JobStatus.RUNNING,
+        "run info: device=cpu, parameters=1200",
+        "dispatcher-1",
+    )
+    assert store.get(job_id).status is JobStatus.RUNNING  # a Fatal is for the dispatcher to act on
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        lambda lease: Lease(lease.job_id, "dispatcher-2", lease.claim),
+        lambda lease: Lease(lease.job_id, lease.owner, lease.claim - 1),
+        lambda lease: Lease(lease.job_id, lease.owner, lease.claim + 1),
+    ],
+    ids=["another-dispatcher", "an-older-claim", "a-claim-never-made"],
+)
+def test_write_for_run_lands_all_of_a_batch_or_none_of_it_behind_the_lease(
+    store: JobStore, lease: Lease, refused: Callable[[Lease], Lease]
+) -> None:
+    batch = [
+        Metrics({"epoch": 1, "val_bits_per_dim": 2.5}),
+        Image("samples", 1, PNG, trial="t_01"),
+        Log("epoch 1 done"),
+        CheckpointMessage(1, "/storage/sweep/epoch-1"),
+        TrialUpdate("t_01", {"status": "running"}),
+        RunInfo({"device": "cpu"}),
+    ]
+    before = stored(store, lease.job_id)
+
+    with pytest.raises(LeaseLost):
+        store.write_for_run(refused(lease), batch)
+
+    assert stored(store, lease.job_id) == before
+    store.write_for_run(lease, batch)
+    job_id = lease.job_id
+    assert (len(store.metrics(job_id)), store.list_images(job_id, trial="t_01")) == (
+        1,
+        [ImageRef("samples", 1)],
+    )
+    assert (store.logs(job_id), len(store.checkpoints(job_id)), len(store.trials(job_id))) == (
+        ["epoch 1 done"],
+        1,
+        1,
+    )
+    assert store.events(job_id)[-1].message == "run info: device=cpu"
+
+
+def test_write_for_run_refuses_every_write_once_the_job_has_finished(
+    queue: JobQueue, store: JobStore, lease: Lease
+) -> None:
+    assert queue.complete(lease, {"best_trial": "t_01"}) is JobStatus.SUCCEEDED
+    before = stored(store, lease.job_id)
+
+    with pytest.raises(LeaseLost, match=f"no longer holds the lease on job {lease.job_id}"):
+        store.write_for_run(lease, [Log("too late"), Metrics({"epoch": 2})])
+
+    assert stored(store, lease.job_id) == before
+
+
+def test_write_for_run_drops_a_message_it_refuses_with_a_log_line_and_keeps_the_rest(
+    store: JobStore, lease: Lease
+) -> None:
+    job_id = lease.job_id
+
+    store.write_for_run(
+        lease,
+        [
+            Log("before"),
+            Image("../samples", 1, PNG),
+            Image("samples", 1, b"GIF89a..."),
+            Image("samples", -1, PNG),
+            Metrics({"epoch": 1, "val_bits_per_dim": "2.5"}),
+            Log("from a trial", trial="../other"),
+            Image("samples", 2, PNG),
+            Log("after"),
+        ],
+    )
+
+    assert store.logs(job_id) == [
+        "before",
+        "dropped a message (Image): image name: must match ^[a-z][a-z0-9_]{0,63}$, "
+        "got '../samples'",
+        "dropped a message (Image): image 'samples': must be PNG bytes, got b'GIF89a..'...",
+        "dropped a message (Image): epoch: must be an integer >= 0, got -1",
+        "dropped a message (Metrics): metrics.val_bits_per_dim: must be a number, got '2.5'",
+        "dropped a message (Log): trial: must match ^[A-Za-z0-9_.-]{1,128}$, got '../other'",
+        "after",
+    ]
+    assert store.list_images(job_id) == [ImageRef("samples", 2)]
+    assert store.metrics(job_id) == []
+    assert store.redis.keys("*other*") == []
+
+
+def test_write_for_run_skips_messages_only_the_dispatcher_uses(
+    store: JobStore, lease: Lease
+) -> None:
+    for_the_dispatcher = [
+        Worker(rank=0, pid=4242, node_id="node-1", placement_group="pg-1"),
+        Worker(rank=1, pid=4243, node_id="node-2", placement_group="pg-1", trial="t_01"),
+        PlacementGroup("pg-2", trial="t_01"),
+        Controller("the controller's actor handle", trial="t_01"),
+    ]
+    before = stored(store, lease.job_id)
+
+    store.write_for_run(lease, for_the_dispatcher)
+
+    assert stored(store, lease.job_id) == before
+    store.write_for_run(lease, [*for_the_dispatcher, Log("epoch 1 done")])
+    assert store.logs(lease.job_id) == ["epoch 1 done"]
+    assert store.events(lease.job_id) == before["events"]
+
+
+def dispatcher_status(dispatcher_id: str, jobs: dict[str, list[str]], free_cpus: float) -> dict:
     """Shaped as cluster/dispatcher.py publishes it; both dispatchers watch one two-node cluster."""
     return {
-        "dispatcher": worker_id,
+        "dispatcher": dispatcher_id,
         "updated_at": time.time(),
         "nodes": [{"node_id": "head", "alive": True, "cpus": 8.0},
                   {"node_id": "gpu-1", "alive": True, "cpus": 16.0, "gpus": 2.0}],
@@ -343,11 +537,41 @@ def test_cluster_status_merges_the_running_jobs_of_every_live_dispatcher(store: 
         "running_jobs": {
             "job-1": ["head"], "job-2": ["gpu-1"], "job-3": ["head", "gpu-1"], "job-4": ["head"]
         },
+        "waiting": [],
+        "demand": None,
+        "max_cluster": "",
         "dispatchers": [
             {"dispatcher": "host-a", "updated_at": first["updated_at"], "running_job_count": 2},
             {"dispatcher": "host-b", "updated_at": second["updated_at"], "running_job_count": 2},
         ],
     }  # fmt: skip
+
+
+def test_cluster_status_takes_the_waiting_jobs_of_the_newest_and_the_demand_sent_last(
+    store: JobStore,
+) -> None:
+    """Ray keeps only the latest request_resources, so the demand shown is the one sent last,
+    whichever dispatcher reported last."""
+    sent_last = Demand.grouped([{"CPU": 1.0, "GPU": 1.0}], ["job-9"], time.time(), "host-b")
+    sent_first = Demand.grouped([], [], sent_last.sent_at - 5, "host-a")
+    older = {
+        **dispatcher_status("host-b", {}, 0.0),
+        "demand": sent_last.as_json(),
+        "waiting": [{"job_id": "job-9", "reason": "needs 1 GPU, 0 free"}],
+    }
+    newer = {
+        **dispatcher_status("host-a", {}, 0.0),
+        "demand": sent_first.as_json(),
+        "waiting": [{"job_id": "job-9", "reason": "needs 1 GPU, 0 free, 1 job ahead"}],
+        "max_cluster": "gpus=2",
+    }
+    store.put_dispatcher_status("host-b", older, ttl_seconds=30)
+    store.put_dispatcher_status("host-a", newer, ttl_seconds=30)
+
+    merged = store.cluster_status()
+    assert merged["waiting"] == newer["waiting"]
+    assert merged["max_cluster"] == "gpus=2"
+    assert Demand.from_json(merged["demand"]) == sent_last
 
 
 def test_a_dispatcher_whose_status_expires_drops_out_and_the_other_stays(
@@ -385,8 +609,8 @@ def test_expired_dispatchers_are_pruned_from_the_index_on_read_and_on_publish(
     store: JobStore,
 ) -> None:
     index = store.keys.dispatchers
-    for worker_id in ("host-a", "host-b"):
-        store.put_dispatcher_status(worker_id, dispatcher_status(worker_id, {}, 24.0), 1)
+    for dispatcher_id in ("host-a", "host-b"):
+        store.put_dispatcher_status(dispatcher_id, dispatcher_status(dispatcher_id, {}, 24.0), 1)
     time.sleep(1.1)
     assert store.redis.zcard(index) == 2  # expired statuses; nobody has read or published since
 
@@ -398,3 +622,24 @@ def test_expired_dispatchers_are_pruned_from_the_index_on_read_and_on_publish(
     store.put_dispatcher_status("host-d", dispatcher_status("host-d", {}, 24.0), 30)
     assert store.redis.zrange(index, 0, -1) == [b"host-d"]
     assert not store.redis.exists(store.keys.dispatcher("host-c"))
+
+
+def test_a_resumed_curve_rewinds_to_its_checkpoint_keeping_one_row_per_epoch(
+    store: JobStore, lease: Lease
+) -> None:
+    job_id = lease.job_id
+    first = [Metrics({"epoch": epoch, "loss": 1.0}) for epoch in (1, 2, 3, 4)]
+    trial_rows = [Metrics({"epoch": epoch, "loss": 1.0}, trial="t_01") for epoch in (1, 2)]
+    store.write_for_run(lease, [*first, *trial_rows])
+    # Resumed after epoch 2: epochs 3 and 4 come again, with the values of the resumed run.
+    store.write_for_run(
+        lease, [Metrics({"epoch": 3, "loss": 0.5}), Metrics({"epoch": 4, "loss": 0.5})]
+    )
+
+    assert [(row["epoch"], row["loss"]) for row in store.metrics(job_id)] == [
+        (1, 1.0), (2, 1.0), (3, 0.5), (4, 0.5)
+    ]  # fmt: skip
+    assert [row["epoch"] for row in store.metrics(job_id, trial="t_01")] == [1, 2]
+    # A resume from scratch rewinds the whole curve.
+    store.write_for_run(lease, [Metrics({"epoch": 1, "loss": 0.25})])
+    assert store.metrics(job_id) == [{"epoch": 1, "loss": 0.25}]

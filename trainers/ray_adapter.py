@@ -2,8 +2,9 @@
 
 The only module in `trainers/` that touches `ray.train`. Metrics go to `ray.train.report` (with
 the epoch's checkpoint attached, so Ray Train persists it to storage and restores it after a
-worker failure or a dispatcher restart) and, from rank 0, to the dispatcher's relay actor,
-together with sample grids and log lines. The relay, the job id, its attempt number and the
+worker failure) and, from rank 0, to the dispatcher's relay actor, together with sample grids,
+log lines and where each checkpoint lies; a new claim of the job starts from the checkpoint in
+the loop config's `resume_from`. The relay, the job id, its attempt number and the
 trial id come in the loop config. The spec's trackers (trainers/trackers.py) write from rank 0: TensorBoard event
 files to `<run_dir>/tensorboard`, where each sweep trial has a run_dir of its own.
 """
@@ -22,6 +23,17 @@ import ray.train.torch
 from ray.util import get_current_placement_group
 from torch import nn
 
+from jobs.messages import (
+    Checkpoint,
+    Controller,
+    Fatal,
+    Image,
+    Log,
+    Message,
+    Metrics,
+    RunInfo,
+    Worker,
+)
 from jobs.spec import JobSpec
 from trainers.loop import NonFiniteLossError, RunContext, train_job
 from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
@@ -30,16 +42,16 @@ from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 class RayReporter:
     """Reports each epoch to Ray Train from every rank; relays the rest from rank 0."""
 
-    def __init__(self, relay: Any, trial: str | None, run_dir: str, is_main: bool) -> None:
+    def __init__(self, relay: Any, trial: str | None, checkpoint_root: str, is_main: bool) -> None:
         self.relay = relay
         self.trial = trial
-        self.run_dir = run_dir  # where Ray Train persists this run's checkpoints
+        self.checkpoint_root = checkpoint_root  # where Ray Train persists this run's checkpoints
         self.is_main = is_main
         self._pending_checkpoint: Path | None = None
         self._last_sent: ray.ObjectRef | None = None
 
-    def _send(self, kind: str, payload: dict[str, Any]) -> None:
-        self._last_sent = self.relay.put.remote(kind, {"trial": self.trial, **payload})
+    def _send(self, message: Message) -> None:
+        self._last_sent = self.relay.put.remote(message)
 
     def flush(self) -> None:
         """Wait until the relay holds everything sent so far.
@@ -60,31 +72,39 @@ class RayReporter:
             ray.get(self._last_sent)
 
     def info(self, info: dict[str, Any]) -> None:
-        self._send("info", {"info": info})
+        self._send(RunInfo(info, self.trial))
 
     def metrics(self, metrics: dict[str, Any]) -> None:
-        checkpoint = None
-        if self._pending_checkpoint is not None:
-            checkpoint = ray.train.Checkpoint.from_directory(str(self._pending_checkpoint))
-        ray.train.report(metrics, checkpoint=checkpoint)  # every rank: it is a barrier
+        """Relay the epoch's row, report it with its checkpoint, then relay the checkpoint.
+
+        In that order, every checkpoint the store records has its epoch's row there before
+        it: a run stopped in between resumes from an older checkpoint and reports that epoch
+        again, which the store keeps once (it rewinds the curve).
+        """
+        pending, self._pending_checkpoint = self._pending_checkpoint, None
         if self.is_main:
-            self._send("metrics", {"metrics": metrics})
-            if self._pending_checkpoint is not None:
-                self._send("checkpoint", {"epoch": metrics["epoch"], "path": self.run_dir})
-        self._pending_checkpoint = None
+            self._send(Metrics(metrics, self.trial))
+        if pending is None:
+            ray.train.report(metrics)  # every rank: it is a barrier
+            return
+        checkpoint = ray.train.Checkpoint.from_directory(str(pending))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=pending.name)
+        if self.is_main:
+            persisted = f"{self.checkpoint_root}/{pending.name}"
+            self._send(Checkpoint(metrics["epoch"], persisted, self.trial))
 
     def image(self, name: str, epoch: int, png: bytes) -> None:
-        self._send("image", {"name": name, "epoch": epoch, "png": png})
+        self._send(Image(name, epoch, png, self.trial))
 
     def checkpoint(self, epoch: int, path: Path) -> None:
         del epoch  # attached to this epoch's metrics report
         self._pending_checkpoint = path
 
     def log(self, line: str) -> None:
-        self._send("log", {"line": line})
+        self._send(Log(line, self.trial))
 
     def fatal(self, error: str) -> None:
-        self._send("fatal", {"error": error})
+        self._send(Fatal(error, self.trial))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -93,22 +113,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     relay, trial = config["relay"], config["trial"]
     node_id = ray.get_runtime_context().get_node_id()
-    relay.put.remote(
-        "worker",
-        {
-            "trial": trial,
-            "rank": rank,
-            "pid": os.getpid(),
-            "node_id": node_id,
-            "placement_group": placement_group_id(),
-        },
-    )
+    relay.put.remote(Worker(rank, os.getpid(), node_id, placement_group_id(), trial))
     controller = train_controller()
     if rank == 0 and controller is not None:
-        relay.put.remote("controller", {"trial": trial, "controller": controller})
+        relay.put.remote(Controller(controller, trial))
 
     with ExitStack() as stack:
+        # Ray Train's own after it restarted a worker within this claim; else what the
+        # runner chose for the claim, the same for every rank.
         restored = ray.train.get_checkpoint()
+        if restored is None and config["resume_from"] is not None:
+            restored = ray.train.Checkpoint(config["resume_from"])
         resume_from = Path(stack.enter_context(restored.as_directory())) if restored else None
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="genfleet-ckpt-")))
         run_context = RunContext(
@@ -120,7 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             wrap_model=_ddp_wrapper(world_size),
             resume_from=resume_from,
         )
-        reporter = RayReporter(relay, trial, config["run_dir"], is_main=rank == 0)
+        reporter = RayReporter(relay, trial, config["checkpoint_root"], is_main=rank == 0)
         run = TrackedRun(
             f"{config['run_dir']}/tensorboard", config["job_id"], trial, config["attempt"]
         )

@@ -1,12 +1,14 @@
-"""Cluster page: the Ray nodes, resources in use, the jobs on each node and the live dispatchers.
+"""Cluster page: the Ray nodes, resources in use, the jobs on each node, the jobs waiting and
+why, what was asked of Ray's autoscaler for them, and the live dispatchers.
 
 Every dispatcher (cluster/dispatcher.py, `genfleet worker`) publishes its own status with
 `JobStore.put_dispatcher_status` every few seconds with a short TTL: `{"dispatcher",
 "updated_at", "nodes": [{"node_id", "address", "alive", "cpus", "gpus", "memory_gb"}],
-"available": {"cpus", "gpus"}, "running_jobs": {job id: [node ids]}}`. This page shows
-`JobStore.cluster_status`, which merges them: nodes and resources from the newest status, the
-running jobs of all. A dispatcher that stops drops out when its status expires; when none is
-left, the page says so.
+"available": {"cpus", "gpus"}, "running_jobs": {job id: [node ids]}, "waiting": [WaitingJob],
+"demand": Demand or null, "max_cluster": GENFLEET_MAX_CLUSTER's bounds}` (jobs/scheduling.py).
+This page shows `JobStore.cluster_status`, which merges them: nodes, resources and waiting jobs
+from the newest status, the running jobs of all, the demand sent last. A dispatcher that stops
+drops out when its status expires; when none is left, the page says so.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import streamlit as st
 
 from dashboard import connection
 from dashboard.job_table import format_age
+from dashboard.links import job_url
 from dashboard.session import refresh_every
+from jobs.scheduling import Demand, WaitingJob, sent_demand
 
 
 def jobs_by_node(running_jobs: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -69,6 +73,44 @@ def dispatcher_rows(status: dict[str, Any], now: float) -> list[dict[str, Any]]:
     ]
 
 
+def waiting_rows(status: dict[str, Any]) -> list[dict[str, str]]:
+    waiting = (WaitingJob.from_json(job) for job in status.get("waiting", []))
+    return [{"job": job_url(job.job_id), "why waiting": job.reason} for job in waiting]
+
+
+def bundle_rows(demand: Demand) -> list[dict[str, Any]]:
+    return [
+        {
+            "CPUs": entry.bundle.get("CPU", 0.0),
+            "GPUs": entry.bundle.get("GPU", 0.0),
+            "bundles": entry.count,
+        }
+        for entry in demand.bundles
+    ]
+
+
+def waiting_and_demand(status: dict[str, Any], now: float) -> None:
+    """The jobs the cluster cannot take yet, and the nodes asked of Ray's autoscaler for them."""
+    st.subheader("Waiting jobs")
+    rows = waiting_rows(status)
+    if rows:
+        link = st.column_config.LinkColumn("job", display_text=r"job\?job=(\w+)")
+        st.dataframe(rows, hide_index=True, width="stretch", column_config={"job": link})
+    else:
+        st.caption("No job waits.")
+    st.subheader("Asked of Ray's autoscaler")
+    bound = status.get("max_cluster") or "unbounded"
+    st.caption(f"Largest cluster (GENFLEET_MAX_CLUSTER): {bound}")
+    demand = sent_demand(status)
+    if demand is None:
+        st.caption("Nothing sent yet.")
+        return
+    sent = f"sent {_age(demand.sent_at, now)} by {demand.dispatcher}"
+    st.caption(f"Requested: {demand.describe()}; {sent}.")
+    if demand.bundles:
+        st.dataframe(bundle_rows(demand), hide_index=True, width="stretch")
+
+
 def _age(updated_at: Any, now: float) -> str:
     return f"{format_age(now - updated_at)} ago" if isinstance(updated_at, int | float) else "?"
 
@@ -91,8 +133,10 @@ def cluster_view() -> None:
             "running jobs": st.column_config.ListColumn("running jobs"),
         },
     )
+    now = time.time()
+    waiting_and_demand(status, now)
     st.subheader("Dispatchers")
-    st.dataframe(dispatcher_rows(status, time.time()), hide_index=True, width="stretch")
+    st.dataframe(dispatcher_rows(status, now), hide_index=True, width="stretch")
 
 
 st.title("Cluster")

@@ -15,6 +15,7 @@ from dashboard.images import gallery
 from dashboard.job_table import bits_per_dim, format_age, latest_bits_per_dim, progress_fraction
 from dashboard.links import SUBMIT_PAGE, SWEEP_PAGE, job_query
 from dashboard.session import refresh_every
+from jobs.keys import MAX_INTERRUPTIONS
 from jobs.records import JobNotFound, JobRecord, JobStatus
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -57,7 +58,12 @@ def header(record: JobRecord, trial: dict[str, Any] | None, rows: list[dict[str,
     status, attempts, priority, progress, val_bits, test_bits = st.columns(6)
     shown_status = trial.get("status", "-") if trial else record.status.value
     status.metric("Status", shown_status)
-    attempts.metric("Attempts", f"{record.attempts}/{record.max_attempts}")
+    attempts.metric(
+        "Attempts",
+        f"{record.attempts}/{record.max_attempts}",
+        help=f"Failures of the run use attempts. Interruptions (a dispatcher or node lost): "
+        f"{record.interruptions} of {MAX_INTERRUPTIONS}.",
+    )
     priority.metric("Priority", record.priority)
     fraction = progress_fraction(record)
     progress.metric("Progress", "-" if fraction is None else f"{fraction:.0%}")

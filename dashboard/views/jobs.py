@@ -14,6 +14,7 @@ from dashboard.links import JOB_PAGE, job_query
 from dashboard.session import refresh_every
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.records import InvalidTransition, JobNotFound, JobStatus
+from jobs.scheduling import sent_demand
 
 ANY = "any"
 PAGE_SIZES = (25, 50, 100)
@@ -48,7 +49,7 @@ def _cancel() -> None:
 
     def cancel(job_id: str) -> str:
         if queue.cancel(job_id) is JobStatus.RUNNING:
-            return f"{job_id}: cancel requested; the dispatcher stops it at its next check"
+            return f"{job_id}: cancel requested; it ends cancelled at the dispatcher's next check"
         return f"{job_id}: cancelled"
 
     _act(cancel)
@@ -139,6 +140,9 @@ def job_table() -> None:
         st.session_state[PAGE_KEY] = page_index = pages - 1
         page = connection.store().list_jobs(status, model, kind, page_index * size, size)
     now = time.time()
+    demand = sent_demand(connection.store().cluster_status())
+    if demand is not None and demand.bundles:
+        st.caption(f"Asked of Ray's autoscaler for the waiting jobs: {demand.describe()}.")
     st.dataframe(
         [job_row(record, now) for record in page.records],
         hide_index=True,

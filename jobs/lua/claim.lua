@@ -1,4 +1,4 @@
--- ARGV: worker id, lease (s), window, free cpus, free gpus ('' and '' when anything fits).
+-- ARGV: dispatcher id, lease (s), window, free cpus, free gpus ('' and '' when anything fits).
 -- Promotes retries whose backoff is over, then claims the first of the `window` best queued
 -- jobs that fits; jobs that do not fit keep their place. Returns the claimed job's record as
 -- HGETALL pairs, or false when nothing fits.
@@ -24,6 +24,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEY.queue, 0, window - 1)) do
   if fits(id) then
     local job = KEY.job .. id
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HINCRBY', job, 'claims', 1)  -- the new lease's fencing token
     local max_attempts = redis.call('HGET', job, 'max_attempts')
     local deadline = now + lease
     redis.call('HSET', job, 'owner', worker, 'started_at', stamp(now),

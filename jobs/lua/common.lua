@@ -33,12 +33,31 @@ local function set_status(id, from, to, now)
   redis.call('HSET', KEY.job .. id, 'status', to, 'updated_at', stamp(now))
 end
 
--- nil when `worker` holds the running job, else why not: 'missing' or 'lost'.
-local function lease_problem(id, worker)
-  local state = redis.call('HMGET', KEY.job .. id, 'status', 'owner')
+-- nil when the lease (`worker`, `claim`) still holds the running job, else why not: 'missing'
+-- or 'lost'. The claim number is the fencing token: it grows with every claim, so a dispatcher
+-- that lost the job and claimed it again cannot write for its old copy of the run.
+local function lease_problem(id, worker, claim)
+  local state = redis.call('HMGET', KEY.job .. id, 'status', 'owner', 'claims')
   if not state[1] then return 'missing' end
-  if state[1] ~= 'running' or state[2] ~= worker then return 'lost' end
+  if state[1] ~= 'running' or state[2] ~= worker or state[3] ~= claim then return 'lost' end
   return nil
+end
+
+-- Overlays a metrics row (JSON) on the record's progress, so that the listing shows the newest
+-- value of every metric even when an epoch skips evaluation.
+local function merge_progress(id, row)
+  local job = KEY.job .. id
+  local progress = cjson.decode(redis.call('HGET', job, 'progress') or '{}')
+  for name, value in pairs(cjson.decode(row)) do
+    progress[name] = value
+  end
+  redis.call('HSET', job, 'progress', cjson.encode(progress))
+end
+
+local function append_log(id, line, kept)
+  redis.call('RPUSH', KEY.logs .. id, line)
+  redis.call('LTRIM', KEY.logs .. id, -kept, -1)
+  redis.call('INCR', KEY.log_count .. id)
 end
 
 -- Takes a queued job (waiting in the queue or out its backoff) away for good.
@@ -92,3 +111,31 @@ local function end_failed_attempt(id, now, retryable, backoff, message, worker)
   return 'queued'
 end
 
+
+-- Hands a running job back to the queue at its old place without using an attempt: its run
+-- stopped for a reason outside the job (its dispatcher stopped or crashed, a node or the relay
+-- was lost). `counted` interruptions (crashes, not clean stops) have a cap of their own, so
+-- that a job which takes its dispatcher down every time still ends, dead. Returns the status.
+local function hand_back(id, now, message, worker, counted, max_interruptions)
+  local job = KEY.job .. id
+  redis.call('HINCRBY', job, 'attempts', -1)
+  if redis.call('HGET', job, 'cancel_requested') == '1' then
+    finish(id, now, 'cancelled', message, worker)
+    return 'cancelled'
+  end
+  if counted then
+    local interruptions = redis.call('HINCRBY', job, 'interruptions', 1)
+    message = string.format('%s (interruption %d of %d)', message, interruptions, max_interruptions)
+    redis.call('HSET', job, 'last_error', message)
+    if interruptions >= max_interruptions then
+      finish(id, now, 'dead', message .. ': too many interruptions', worker)
+      return 'dead'
+    end
+  end
+  redis.call('ZREM', KEY.running, id)
+  redis.call('HSET', job, 'lease_deadline', '')
+  enqueue(id)
+  set_status(id, 'running', 'queued', now)
+  add_event(id, now, 'queued', message, worker)
+  return 'queued'
+end

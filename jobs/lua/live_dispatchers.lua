@@ -1,4 +1,4 @@
--- No ARGV. Returns worker id, JSON status, worker id, ... for every dispatcher whose status
+-- No ARGV. Returns dispatcher id, JSON status, dispatcher id, ... for every dispatcher whose status
 -- has not expired, the latest to expire first; drops the expired ones from the index.
 redis.call('ZREMRANGEBYSCORE', KEY.dispatchers, '-inf', now_seconds())
 local reply = {}

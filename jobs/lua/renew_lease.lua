@@ -1,8 +1,8 @@
--- ARGV: id, worker, lease (s). Returns 'ok', or 'lost' / 'missing'.
+-- ARGV: id, worker, claim, lease (s). Returns 'ok', or 'lost' / 'missing'.
 local id, worker = ARGV[1], ARGV[2]
-local problem = lease_problem(id, worker)
+local problem = lease_problem(id, worker, ARGV[3])
 if problem then return problem end
-local deadline = now_seconds() + tonumber(ARGV[3])
+local deadline = now_seconds() + tonumber(ARGV[4])
 redis.call('HSET', KEY.job .. id, 'lease_deadline', stamp(deadline))
 redis.call('ZADD', KEY.running, deadline, id)
 return 'ok'

@@ -1,0 +1,122 @@
+"""What a run sends home while it trains: one dataclass per kind of message.
+
+A run's Train workers and its sweep's Tune callbacks put these into the run's relay actor
+(cluster/relay.py); the dispatcher drains the relay and stores them with
+`JobStore.write_for_run`, behind the run's lease, so a copy of the run that lost its lease
+writes nothing. `trial` is the sweep trial a message is about, None for the job itself.
+
+Three kinds only tell the dispatcher how to stop the run for good and are never stored:
+`Worker` (where each rank runs), `PlacementGroup` and `Controller`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One epoch's row: epoch, step, train_bits_per_dim, val_bits_per_dim, ..."""
+
+    metrics: dict[str, Any]
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    """A PNG grid: samples, reconstructions, completions, interpolations."""
+
+    name: str
+    epoch: int
+    png: bytes
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Log:
+    line: str
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The epoch whose checkpoint Ray Train persisted under `path`, the run's folder."""
+
+    epoch: int
+    path: str
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class TrialUpdate:
+    """A sweep trial's config, status, metric values, stop reason and iterations."""
+
+    trial: str
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about the run worth an event in the job's history (device, parameters, ...)."""
+
+    info: dict[str, Any]
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The run stopped itself (a diverged loss): the job fails without a retry."""
+
+    error: str
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A Train worker started: its rank, process and node, and the group it runs in."""
+
+    rank: int
+    pid: int
+    node_id: str
+    placement_group: str | None
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacementGroup:
+    """A reservation the run made (Tune's per-trial one), which a stop must free."""
+
+    placement_group: str | None
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The run's Ray Train controller actor, which a stop aborts."""
+
+    controller: Any
+    trial: str | None = None
+
+
+Message = (
+    Metrics
+    | Image
+    | Log
+    | Checkpoint
+    | TrialUpdate
+    | RunInfo
+    | Fatal
+    | Worker
+    | PlacementGroup
+    | Controller
+)
+
+
+def message_bytes(message: Message) -> int:
+    """About what storing the message costs, to bound the bytes written per tick."""
+    if isinstance(message, Image):
+        return len(message.png)
+    if isinstance(message, Log):
+        return len(message.line)
+    return 256
