@@ -24,7 +24,12 @@ from trainers.checkpoint import FOLDER_PREFIX, STATE_FILE
 
 log = logging.getLogger(__name__)
 
-KEPT_CHECKPOINTS = 2
+# Three, not two: Ray Train resumes a worker it restarted within the claim from the newest
+# checkpoint it registered, which can be two reports behind the newest recorded one. A rank's
+# report waits until its previous one is collected, and every rank passes a barrier before
+# each report, so when rank 0 sends checkpoint K (after its report returned), every rank's
+# report K-2 is collected. Keeping two, a worker killed after epochs sped by met a deleted K-2.
+KEPT_CHECKPOINTS = 3
 
 
 class Deletions:
@@ -124,8 +129,18 @@ def _delete_unrecorded(run_dir: str, claim: int, recorded: list[str]) -> None:
 
 
 def _located(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The file system of `uri` (a URI or a local path) and the path in it."""
-    return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    """The file system of `uri` (a URI or a local path) and the path in it.
+
+    Local paths come out resolved, however they were spelled (`file://` or plain, through a
+    symlink or not): `_delete_unrecorded` compares them, and one recorded folder spelled two
+    ways must not look unrecorded.
+    """
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(
+        uri if "://" in uri else str(Path(uri).resolve())
+    )
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        path = str(Path(path).resolve())
+    return filesystem, path
 
 
 def _folders(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:

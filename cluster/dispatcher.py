@@ -78,6 +78,11 @@ NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointE
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
 PRUNE_SECONDS = 15.0  # the most a stopping dispatcher waits for its checkpoint deletions
+# The most a stopping dispatcher takes, once its runs are stopped, to store their last messages,
+# hand their jobs back and wait for deletions: inside the grace period a supervisor allows
+# between SIGTERM and SIGKILL (30 s in Kubernetes; docker/compose.yaml sets the same), so that
+# every job is handed back instead of waiting for its lease to expire.
+SHUTDOWN_SECONDS = 20.0
 RELAY_TIMEOUT_SECONDS = 60.0  # a relay silent this long is lost (its node, most likely)
 FINAL_DRAIN_BATCHES = 1000  # bounds the last drain of a finished run
 # How the reaper leaves a job whose dispatcher died, and so how that attempt's runs end.
@@ -105,6 +110,7 @@ class ActiveJob:
     workers: dict[int, Worker] = field(default_factory=dict)  # rank -> where it runs
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
     trial_groups: dict[str, set[str]] = field(default_factory=dict)  # trial -> its workers'
+    current_groups: dict[str | None, str] = field(default_factory=dict)  # trial -> newest workers'
     controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
     checkpoints: RecordedCheckpoints | None = None  # a train job's, pruned as new ones land
     undelivered: deque[Message] = field(default_factory=deque)  # drained, not yet in Redis
@@ -120,6 +126,27 @@ class ActiveJob:
     def node_ids(self) -> list[str]:
         return sorted({worker.node_id for worker in self.workers.values()})
 
+    def from_current_workers(self, message: Message) -> bool:
+        """Whether the message comes from the newest Train workers of its trial (None: the job).
+
+        A worker whose node was cut off keeps what it had not sent, and Ray delivers it once
+        the network heals, after Ray Train restarted the run on other workers from a
+        checkpoint: an old epoch's row arriving then would rewind the curve the new workers
+        wrote past it. A new group announces itself (`Worker`) before it sends anything else.
+        """
+        if isinstance(message, Worker):
+            if message.placement_group:
+                self.current_groups[message.trial] = message.placement_group
+            return True
+        group = getattr(message, "group", None)
+        current = self.current_groups.get(getattr(message, "trial", None))
+        if group is None or current is None or group == current:
+            return True
+        log.warning(
+            "job %s: dropped a %s from replaced workers", self.job_id, type(message).__name__
+        )
+        return False
+
 
 class Dispatcher:
     def __init__(
@@ -130,12 +157,14 @@ class Dispatcher:
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
         dispatcher_id: str | None = None,
+        shutdown_seconds: float = SHUTDOWN_SECONDS,
     ) -> None:
         self.queue = queue
         self.store = store
         self.settings = settings
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
+        self.shutdown_seconds = shutdown_seconds
         self.dispatcher_id = dispatcher_id or f"{socket.gethostname()}-{os.getpid()}"
         self.active: dict[str, ActiveJob] = {}
         self._last_housekeeping = 0.0
@@ -194,13 +223,21 @@ class Dispatcher:
 
     def shutdown(self) -> None:
         """Stop our runs and hand their jobs back at once, without using an attempt; the next
-        dispatcher to claim one resumes it from its last checkpoint."""
+        dispatcher to claim one resumes it from its last checkpoint.
+
+        Bounded by `shutdown_seconds` after the runs stopped: a relay that does not answer
+        costs its job its last messages (the next claim redoes those epochs), never another
+        job its hand-back.
+        """
         jobs = list(self.active.values())
         self._stop_runs(jobs)
+        until = time.monotonic() + self.shutdown_seconds
+        lost = self._store_what_is_left(jobs, until)
         reason = f"handed back: dispatcher {self.dispatcher_id} stopped"
         for job in jobs:
             try:
-                self._store_what_is_left(job)
+                if job.job_id in lost:
+                    continue  # another dispatcher holds it already
                 self.queue.release(job.lease, reason)
                 self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
             except Exception as exc:  # Redis is gone, or the lease: its expiry hands it back
@@ -208,7 +245,7 @@ class Dispatcher:
             finally:
                 self._forget(job)
         try:
-            self.deletions.settle(PRUNE_SECONDS)
+            self.deletions.settle(min(PRUNE_SECONDS, max(0.0, until - time.monotonic())))
         except Exception as exc:  # Ray is gone: so are its tasks, nothing left to wait for
             log.warning("could not wait for the checkpoint deletions (%s)", exc)
         self.leases.stop()
@@ -240,16 +277,34 @@ class Dispatcher:
         except Exception:  # Ray unreachable: its runners die with this driver's connection
             log.exception("could not stop every run of %s", [job.job_id for job in jobs])
 
-    def _store_what_is_left(self, job: ActiveJob) -> None:
-        """Store what a stopped run sent before it stopped, so that the next claim resumes
-        from its newest checkpoint; best effort, as without it that claim redoes a few epochs.
+    def _store_what_is_left(self, jobs: list[ActiveJob], until: float) -> set[str]:
+        """Store what stopped runs sent before they stopped, until `until` (monotonic), so
+        that each job's next claim resumes from its newest checkpoint; best effort, as without
+        it that claim redoes a few epochs. Every relay is drained at once, so one that does not
+        answer holds up no other job. Returns the jobs whose lease was lost meanwhile.
         """
-        try:
-            self._relay_everything(job)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            log.warning("job %s: could not store its last messages (%s)", job.job_id, exc)
+        left = {job.job_id: job for job in jobs}
+        lost: set[str] = set()
+        for _ in range(FINAL_DRAIN_BATCHES):
+            for job in list(left.values()):
+                try:
+                    if self._relay(job):
+                        del left[job.job_id]
+                except LeaseLost:
+                    lost.add(job.job_id)
+                    del left[job.job_id]
+                except Exception as exc:
+                    log.warning("job %s: could not store its last messages (%s)", job.job_id, exc)
+                    del left[job.job_id]
+            remaining = until - time.monotonic()
+            if not left or remaining <= 0:
+                break
+            drains = [job.drain for job in left.values() if job.drain is not None]
+            if drains and not any(job.undelivered for job in left.values()):
+                ray.wait(drains, num_returns=1, timeout=remaining)  # the first answer to come
+        for job_id in left:
+            log.warning("job %s: out of time to store its last messages", job_id)
+        return lost
 
     def _keeps_expired(self, job_id: str) -> bool:
         """Whether the reaper leaves an expired lease alone for now.
@@ -415,13 +470,14 @@ class Dispatcher:
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
             self._forget(job)
 
-    def _relay(self, job: ActiveJob, wait: bool = False) -> bool:
-        """Store one bounded batch of the run's messages; True when nothing was left to store.
+    def _relay(self, job: ActiveJob, wait_seconds: float = 0.0) -> bool:
+        """Store one bounded batch of the run's messages, waiting up to `wait_seconds` for the
+        relay's answer; True when nothing was left to store.
 
         A message leaves `undelivered` only once stored, so a Redis outage delays a run's
         metrics and images instead of losing the ones drained when it began.
         """
-        drained = self._collect_drain(job, wait)
+        drained = [m for m in self._collect_drain(job, wait_seconds) if job.from_current_workers(m)]
         job.undelivered.extend(drained)
         for message in drained:
             try:
@@ -439,16 +495,16 @@ class Dispatcher:
                 job.checkpoints.add(message.path)
         return False
 
-    def _collect_drain(self, job: ActiveJob, wait: bool) -> list[Message]:
+    def _collect_drain(self, job: ActiveJob, wait_seconds: float) -> list[Message]:
         """The relay's messages once its answer is in; a tick never waits for it unless asked
-        (`wait`), so a relay that is slow to answer holds up no other job."""
+        (`wait_seconds`), so a relay that is slow to answer holds up no other job."""
         room = RUN_WRITES_PER_TICK - len(job.undelivered)
         if job.drain is None and room > 0:
             job.drain = job.relay.drain.remote(room)
             job.drain_sent_at = time.monotonic()
         if job.drain is None:
             return []
-        ready, _ = ray.wait([job.drain], timeout=RELAY_TIMEOUT_SECONDS if wait else 0)
+        ready, _ = ray.wait([job.drain], timeout=wait_seconds)
         if not ready:
             silent = time.monotonic() - job.drain_sent_at
             if silent >= RELAY_TIMEOUT_SECONDS:
@@ -486,7 +542,7 @@ class Dispatcher:
     def _relay_everything(self, job: ActiveJob) -> None:
         """The run is over: store everything it sent, batch by batch."""
         for _ in range(FINAL_DRAIN_BATCHES):
-            if self._relay(job, wait=True):
+            if self._relay(job, wait_seconds=RELAY_TIMEOUT_SECONDS):
                 return
 
     def _finish(self, job: ActiveJob) -> None:
@@ -540,8 +596,9 @@ class Dispatcher:
         log.warning("job %s: %s", job.job_id, reason)
         try:
             self._stop_runs([job])
-            if relay_alive:
-                self._store_what_is_left(job)
+            until = time.monotonic() + RELAY_TIMEOUT_SECONDS
+            if relay_alive and self._store_what_is_left([job], until):
+                return  # its lease was lost: another dispatcher holds it already
             self.queue.release(job.lease, reason, interrupted=True)
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
         except LeaseLost:

@@ -103,7 +103,7 @@ def run_sweep(
     else:
         tuner = _new_tuner(job_id, spec, trainable, storage)
     results = tuner.fit()
-    best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
+    best = _best_result(results, sweep.metric, sweep.mode)
     summary = {
         "best_trial": (best.metrics or {}).get("trial_id"),
         "best_config": _plain(best.config),
@@ -124,6 +124,28 @@ def run_sweep(
     # caller's actor calls run in order), before the dispatcher drains it for the last time.
     ray.get(relay.put.remote(Log(line)))
     return summary
+
+
+def _best_result(results: Any, metric: str, mode: str) -> Any:
+    """The best trial's result, or an error that says what became of each trial.
+
+    Tune's own error ("No best trial found ...") names no trial and no cause, though the cause
+    is in the results: trials that failed, or that ended without reporting the metric.
+    """
+    try:
+        return results.get_best_result(metric=metric, mode=mode)
+    except RuntimeError:
+        fates = []
+        for result in results:
+            trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+            if result.error is not None:
+                cause = str(result.error).strip().splitlines()
+                fates.append(f"{trial_id} failed: {cause[-1] if cause else type(result.error)}")
+            else:
+                fates.append(f"{trial_id} ended without reporting it")
+        raise RuntimeError(
+            f"no trial of the sweep reported {metric}: " + "; ".join(fates or ["no trials ran"])
+        ) from None
 
 
 def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune.Tuner:

@@ -4,6 +4,10 @@ A run's Train workers and its sweep's Tune callbacks put these into the run's re
 (cluster/relay.py); the dispatcher drains the relay and stores them with
 `JobStore.write_for_run`, behind the run's lease, so a copy of the run that lost its lease
 writes nothing. `trial` is the sweep trial a message is about, None for the job itself.
+`group` is the placement group of the Train workers that sent it (None from elsewhere): a
+worker cut off with its node keeps what it had not sent and Ray delivers it when the network
+heals, after Ray Train restarted the run elsewhere; the dispatcher drops what a replaced group
+sends.
 
 Three kinds only tell the dispatcher how to stop the run for good and are never stored:
 `Worker` (where each rank runs), `PlacementGroup` and `Controller`.
@@ -21,6 +25,7 @@ class Metrics:
 
     metrics: dict[str, Any]
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,14 @@ class Image:
     epoch: int
     png: bytes
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
 class Log:
     line: str
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Checkpoint:
     epoch: int
     path: str
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class RunInfo:
 
     info: dict[str, Any]
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class Fatal:
 
     error: str
     trial: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)

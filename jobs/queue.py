@@ -119,13 +119,14 @@ class JobQueue:
     ) -> str:
         """Queue a job and return its id.
 
-        The same idempotency key with the same spec returns the same id for 24 h; with another
-        spec it raises IdempotencyConflict, naming the job the key belongs to.
+        The same idempotency key with the same request (spec, priority and parent) returns the
+        same id for 24 h; with another it raises IdempotencyConflict, naming the job the key
+        belongs to.
         """
         priority = spec.priority if priority is None else _checked_priority(priority)
         idempotency = "" if idempotency_key is None else self.keys.idempotency(idempotency_key)
-        spec_json = spec.model_dump_json()
-        digest = hashlib.sha256(spec_json.encode()).hexdigest()
+        request = json.dumps([spec.model_dump(mode="json"), priority, parent], sort_keys=True)
+        digest = hashlib.sha256(request.encode()).hexdigest()
         while True:
             job_id = secrets.token_hex(6)
             fields = new_job_fields(job_id, spec, priority, parent)

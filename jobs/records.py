@@ -68,12 +68,14 @@ class LeaseLost(RuntimeError):
 
 
 class IdempotencyConflict(ValueError):
-    """An idempotency key came back with a spec other than the one it was first used with."""
+    """An idempotency key came back with a spec, priority or parent other than the ones it was
+    first used with."""
 
     def __init__(self, idempotency_key: str, job_id: str) -> None:
         super().__init__(
             f"idempotency key {idempotency_key!r} already belongs to job {job_id}, submitted "
-            "with another spec; use a new key, or the same spec to get that job back"
+            "with another spec, priority or parent; use a new key, or the same request to get "
+            "that job back"
         )
         self.job_id = job_id
 

@@ -37,15 +37,35 @@ def test_a_claim_keeps_the_newest_recorded_and_clears_what_earlier_claims_left_u
     deletions = Deletions()
 
     kept = RecordedCheckpoints(str(tmp_path), 2, recorded, on_the_head(), deletions)
-    for epoch in (4, 5):
+    for epoch in (4, 5, 6):
         kept.add(checkpoint(tmp_path, 2, epoch))
     deletions.settle(60)
 
-    assert KEPT_CHECKPOINTS == 2  # the two newest recorded, both claim 2's
+    assert KEPT_CHECKPOINTS == 3  # the three newest recorded, all claim 2's
     assert left(tmp_path) == [
         "claim-1/notes",
         "claim-2/epoch-0004",
         "claim-2/epoch-0005",
+        "claim-2/epoch-0006",
         "claim-3/epoch-0009",
         "claimed/epoch-0001",
     ]
+
+
+def test_recorded_checkpoints_spelled_as_uris_through_a_symlink_are_kept(
+    tmp_path: Path, local_ray: str
+) -> None:
+    """Two dispatchers may spell one storage two ways: one recorded `file://` URIs through a
+    symlink, the next gives the real folder. A recorded folder is kept either way."""
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    for epoch in (1, 2, 3):
+        checkpoint(real, 1, epoch)
+    recorded = [(link / "claim-1" / f"epoch-{epoch:04d}").as_uri() for epoch in (1, 2)]
+    deletions = Deletions()
+
+    RecordedCheckpoints(str(real), 2, recorded, on_the_head(), deletions)
+    deletions.settle(60)
+
+    assert left(real) == ["claim-1/epoch-0001", "claim-1/epoch-0002"]  # epoch 3: unrecorded

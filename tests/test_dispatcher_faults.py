@@ -1,4 +1,5 @@
-"""One job's trouble stays that job's: a dead relay, a flood of messages, a lease taken over.
+"""One job's trouble stays that job's: a dead relay, a flood of messages, a lease taken over, a
+relay that hangs while its dispatcher stops.
 
 A real dispatcher thread on the session's local Ray, against a real Redis (genfleet issue 11,
 items 2 and 3).
@@ -6,11 +7,15 @@ items 2 and 3).
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 
 import pytest
 import ray
 
+from cluster.dispatcher import STOP_SECONDS, Dispatcher
 from cluster.job_runner import is_running_on_ray
 from jobs.keys import LOG_LINES_KEPT, RUN_WRITES_PER_TICK
 from jobs.messages import Log
@@ -101,3 +106,43 @@ def test_run_whose_job_was_taken_over_is_stopped_and_writes_nothing_more(
     record = stack.store.get(job_id)
     assert (record.status, record.owner) == (JobStatus.RUNNING, "intruder")
     assert record.progress["epoch"] == rows_at_takeover
+
+
+def test_a_stopping_dispatcher_hands_every_job_back_in_time_though_one_relay_hangs(
+    stack: Stack, local_ray: str
+) -> None:
+    hung, other = submit_long_job(stack, "hung-relay"), submit_long_job(stack, "other")
+    shutdown_seconds = 3.0
+    running = Dispatcher(
+        stack.queue,
+        stack.store,
+        stack.settings,
+        lease_seconds=10,
+        poll_seconds=0.2,
+        shutdown_seconds=shutdown_seconds,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: {hung, other} <= set(running.active), 120, "both jobs to run")
+        relay = running.active[hung].relay
+        pid = ray.get(relay.__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGSTOP)  # a relay that no longer answers, as on a hung node
+        started = time.monotonic()
+        stop.set()
+        thread.join(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    # Without the deadline, the hung relay alone held the stop for its 60 s timeout.
+    assert took < STOP_SECONDS + shutdown_seconds + 10, took
+    for job_id in (hung, other):
+        record = stack.store.get(job_id)
+        # Handed back as a clean stop: no attempt used and no interruption counted.
+        assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 0)
+        assert f"handed back: dispatcher {running.dispatcher_id} stopped" in events_of(
+            stack, job_id
+        )

@@ -36,6 +36,7 @@ from docker.utils.build import exclude_paths
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from cluster.dispatcher import SHUTDOWN_SECONDS, STOP_SECONDS
 from jobs.settings import ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -669,3 +670,20 @@ def test_kuberay_pods_run_as_the_images_user_and_own_the_shared_volume():
             "runAsGroup": uid,
             "fsGroup": uid,
         }, role
+
+
+def test_the_dispatcher_is_given_the_time_to_stop_its_runs_and_hand_its_jobs_back():
+    """Between SIGTERM and SIGKILL; Docker's default of 10 s would cut the hand-back short."""
+    needed = STOP_SECONDS + SHUTDOWN_SECONDS
+    grace = services("one box")["dispatcher"]["stop_grace_period"]
+    assert duration_seconds(grace) > needed, grace
+    pod = kuberay_objects()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > needed
+
+
+def duration_seconds(duration: str) -> float:
+    """A Compose duration such as "1m30s" in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)

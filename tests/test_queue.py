@@ -636,6 +636,20 @@ def test_run_that_completes_while_a_cancel_is_pending_ends_cancelled_with_its_re
     assert queue.requeue_expired() == []
 
 
+def test_idempotency_key_is_bound_to_the_priority_and_parent_it_came_with(
+    queue: JobQueue,
+) -> None:
+    first = queue.submit(make_spec(), idempotency_key="retry-7", priority=3, parent="sweep-1")
+    assert queue.submit(make_spec(), idempotency_key="retry-7", priority=3, parent="sweep-1") == (
+        first
+    )
+    for other in ({"priority": 4, "parent": "sweep-1"}, {"priority": 3, "parent": None}):
+        with pytest.raises(IdempotencyConflict) as conflict:
+            queue.submit(make_spec(), idempotency_key="retry-7", **other)
+        assert conflict.value.job_id == first
+    assert queue.queued() == [first]
+
+
 def test_idempotency_key_with_another_spec_names_the_existing_job_and_changes_nothing(
     queue: JobQueue, store: JobStore, redis_client: redis.Redis
 ) -> None:
@@ -651,7 +665,7 @@ def test_idempotency_key_with_another_spec_names_the_existing_job_and_changes_no
     assert conflict.value.job_id == first
     assert str(conflict.value) == (
         f"idempotency key 'upload-42' already belongs to job {first}, submitted with another "
-        "spec; use a new key, or the same spec to get that job back"
+        "spec, priority or parent; use a new key, or the same request to get that job back"
     )
     assert sorted(redis_client.keys("*")) == keys_before
     assert redis_client.get(key) == stored_before

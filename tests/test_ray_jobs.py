@@ -308,7 +308,7 @@ def test_sigtermed_dispatcher_hands_its_job_back_and_the_run_resumes_without_an_
     assert any(message.startswith("handed back: dispatcher") for message in messages), messages
     assert_resumed_once(stack, job_id)
     # The hand-back stored everything its run sent, so every checkpoint in storage is recorded,
-    # and the dispatchers pruned all but the newest two: the second, stopped as soon as the job
+    # and the dispatchers pruned all but the newest three: the second, stopped as soon as the job
     # ended, waited for its last deletions, which would have died with it.
     newest = sorted(Path(c.uri) for c in stack.store.checkpoints(job_id)[-KEPT_CHECKPOINTS:])
     assert checkpoint_folders(stack, job_id) == newest
@@ -361,7 +361,11 @@ def test_sweep_whose_dispatcher_died_resumes_its_trials_with_tune_restore(
     record = replace_dispatcher_mid_run(
         stack, local_ray, job_id, both_trials_checkpointed_and_experiment_saved, timeout=300
     )
-    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    assert record.status == JobStatus.SUCCEEDED, (
+        record.last_error,
+        stack.store.trials(job_id),
+        stack.store.logs(job_id, tail=80),
+    )
     assert (record.attempts, record.claims, record.interruptions) == (1, 2, 1)
     assert "resuming the sweep in" in "\n".join(stack.store.logs(job_id, tail=500))
     # A sweep started afresh would have new trial ids; a restored one keeps its trials.

@@ -42,9 +42,12 @@ from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 class RayReporter:
     """Reports each epoch to Ray Train from every rank; relays the rest from rank 0."""
 
-    def __init__(self, relay: Any, trial: str | None, checkpoint_root: str, is_main: bool) -> None:
+    def __init__(
+        self, relay: Any, trial: str | None, group: str | None, checkpoint_root: str, is_main: bool
+    ) -> None:
         self.relay = relay
         self.trial = trial
+        self.group = group  # this worker group's placement group, on every message it sends
         self.checkpoint_root = checkpoint_root  # where Ray Train persists this run's checkpoints
         self.is_main = is_main
         self._pending_checkpoint: Path | None = None
@@ -72,7 +75,7 @@ class RayReporter:
             ray.get(self._last_sent)
 
     def info(self, info: dict[str, Any]) -> None:
-        self._send(RunInfo(info, self.trial))
+        self._send(RunInfo(info, self.trial, self.group))
 
     def metrics(self, metrics: dict[str, Any]) -> None:
         """Relay the epoch's row, report it with its checkpoint, then relay the checkpoint.
@@ -83,7 +86,7 @@ class RayReporter:
         """
         pending, self._pending_checkpoint = self._pending_checkpoint, None
         if self.is_main:
-            self._send(Metrics(metrics, self.trial))
+            self._send(Metrics(metrics, self.trial, self.group))
         if pending is None:
             ray.train.report(metrics)  # every rank: it is a barrier
             return
@@ -91,20 +94,20 @@ class RayReporter:
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=pending.name)
         if self.is_main:
             persisted = f"{self.checkpoint_root}/{pending.name}"
-            self._send(Checkpoint(metrics["epoch"], persisted, self.trial))
+            self._send(Checkpoint(metrics["epoch"], persisted, self.trial, self.group))
 
     def image(self, name: str, epoch: int, png: bytes) -> None:
-        self._send(Image(name, epoch, png, self.trial))
+        self._send(Image(name, epoch, png, self.trial, self.group))
 
     def checkpoint(self, epoch: int, path: Path) -> None:
         del epoch  # attached to this epoch's metrics report
         self._pending_checkpoint = path
 
     def log(self, line: str) -> None:
-        self._send(Log(line, self.trial))
+        self._send(Log(line, self.trial, self.group))
 
     def fatal(self, error: str) -> None:
-        self._send(Fatal(error, self.trial))
+        self._send(Fatal(error, self.trial, self.group))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -113,7 +116,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     relay, trial = config["relay"], config["trial"]
     node_id = ray.get_runtime_context().get_node_id()
-    relay.put.remote(Worker(rank, os.getpid(), node_id, placement_group_id(), trial))
+    group = placement_group_id()
+    relay.put.remote(Worker(rank, os.getpid(), node_id, group, trial))
     controller = train_controller()
     if rank == 0 and controller is not None:
         relay.put.remote(Controller(controller, trial))
@@ -135,7 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             wrap_model=_ddp_wrapper(world_size),
             resume_from=resume_from,
         )
-        reporter = RayReporter(relay, trial, config["checkpoint_root"], is_main=rank == 0)
+        reporter = RayReporter(relay, trial, group, config["checkpoint_root"], is_main=rank == 0)
         run = TrackedRun(
             f"{config['run_dir']}/tensorboard", config["job_id"], trial, config["attempt"]
         )

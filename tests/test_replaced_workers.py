@@ -1,0 +1,61 @@
+"""A worker group Ray Train replaced, whose messages Ray delivers late, writes nothing.
+
+Its node was cut off while it still had messages to send; once the network heals they reach
+the relay, after the new group's (scenario (c) of tests/cluster met an old epoch's row that
+rewound the curve). The dispatcher keeps only what the newest group of each trial sends.
+"""
+
+from __future__ import annotations
+
+from cluster.dispatcher import ActiveJob
+from cluster.placement import Resources
+from jobs.messages import Checkpoint, Log, Metrics, TrialUpdate, Worker
+from jobs.records import Lease
+from jobs.spec import validate_spec_dict
+from tests.test_ray_jobs import digits_spec
+
+
+def active_job() -> ActiveJob:
+    spec = validate_spec_dict(digits_spec())
+    lease = Lease("job-1", "dispatcher-1", 1)
+    return ActiveJob(lease, None, None, None, Resources(1, 0), spec, attempt=1)
+
+
+def test_messages_of_a_replaced_group_are_dropped_and_the_newest_group_is_kept() -> None:
+    job = active_job()
+    old = Metrics({"epoch": 8}, group="group-a")
+    arrived = [
+        Worker(0, 11, "node-a", "group-a"),
+        Metrics({"epoch": 7}, group="group-a"),
+        Worker(0, 12, "node-b", "group-b"),  # Ray Train restarted the run on another node
+        Metrics({"epoch": 8}, group="group-b"),
+        old,  # sent before the cut, delivered after the heal
+        Checkpoint(8, "/storage/job-1/claim-1/epoch-0008", group="group-a"),
+        Log("from the cut-off node", group="group-a"),
+        Log("from the runner"),  # not a worker's: always kept
+        Metrics({"epoch": 9}, group="group-b"),
+    ]
+    kept = [message for message in arrived if job.from_current_workers(message)]
+    assert kept == [
+        arrived[0],
+        arrived[1],
+        arrived[2],
+        arrived[3],
+        Log("from the runner"),
+        arrived[-1],
+    ]
+    assert old not in kept
+
+
+def test_each_trial_keeps_its_own_newest_group() -> None:
+    job = active_job()
+    arrived = [
+        Worker(0, 11, "node-a", "group-a", trial="t1"),
+        Worker(0, 12, "node-b", "group-b", trial="t2"),
+        Metrics({"epoch": 1}, trial="t1", group="group-a"),
+        Metrics({"epoch": 1}, trial="t2", group="group-b"),
+        Metrics({"epoch": 1}, trial="t2", group="group-a"),  # t1's group, wrongly for t2
+        TrialUpdate("t1", {"status": "running"}),
+    ]
+    kept = [message for message in arrived if job.from_current_workers(message)]
+    assert kept == arrived[:4] + arrived[5:]
