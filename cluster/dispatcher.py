@@ -26,6 +26,7 @@ the store, whoever started it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -111,11 +112,13 @@ class ActiveJob:
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
     trial_groups: dict[str, set[str]] = field(default_factory=dict)  # trial -> its workers'
     current_groups: dict[str | None, str] = field(default_factory=dict)  # trial -> newest workers'
+    replaced_groups: dict[str | None, set[str]] = field(default_factory=dict)  # trial -> older
     controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
     checkpoints: RecordedCheckpoints | None = None  # a train job's, pruned as new ones land
     undelivered: deque[Message] = field(default_factory=deque)  # drained, not yet in Redis
     drain: ray.ObjectRef | None = None  # the relay's answer to come, collected when ready
     drain_sent_at: float = 0.0
+    answered_drain_sent_at: float = -math.inf  # when the last drain answered had been sent
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
     @property
@@ -132,14 +135,33 @@ class ActiveJob:
         A worker whose node was cut off keeps what it had not sent, and Ray delivers it once
         the network heals, after Ray Train restarted the run on other workers from a
         checkpoint: an old epoch's row arriving then would rewind the curve the new workers
-        wrote past it. A new group announces itself (`Worker`) before it sends anything else.
+        wrote past it. A new group announces itself (`Worker`) before it sends anything else,
+        and a group once replaced never counts again, whatever of it arrives late; one whose
+        own `Worker` arrives late is known by its placement group, which Ray Train removed
+        when it replaced it.
         """
-        if isinstance(message, Worker):
-            if message.placement_group:
-                self.current_groups[message.trial] = message.placement_group
+        trial = getattr(message, "trial", None)
+        replaced = self.replaced_groups.setdefault(trial, set())
+        group = (
+            message.placement_group
+            if isinstance(message, Worker)
+            else getattr(message, "group", None)
+        )
+        if group in replaced:
+            log.warning(
+                "job %s: dropped a %s from replaced workers", self.job_id, type(message).__name__
+            )
+            return False
+        current = self.current_groups.get(trial)
+        if isinstance(message, Worker) and group and group != current:
+            if current is not None and _removed(group):
+                replaced.add(group)
+                log.warning("job %s: dropped a Worker of replaced workers", self.job_id)
+                return False
+            if current is not None:
+                replaced.add(current)
+            self.current_groups[trial] = group
             return True
-        group = getattr(message, "group", None)
-        current = self.current_groups.get(getattr(message, "trial", None))
         if group is None or current is None or group == current:
             return True
         log.warning(
@@ -285,10 +307,11 @@ class Dispatcher:
         """
         left = {job.job_id: job for job in jobs}
         lost: set[str] = set()
+        stopped = time.monotonic()
         for _ in range(FINAL_DRAIN_BATCHES):
             for job in list(left.values()):
                 try:
-                    if self._relay(job):
+                    if self._relay(job, since=stopped):
                         del left[job.job_id]
                 except LeaseLost:
                     lost.add(job.job_id)
@@ -301,7 +324,11 @@ class Dispatcher:
                 break
             drains = [job.drain for job in left.values() if job.drain is not None]
             if drains and not any(job.undelivered for job in left.values()):
-                ray.wait(drains, num_returns=1, timeout=remaining)  # the first answer to come
+                try:
+                    ray.wait(drains, num_returns=1, timeout=remaining)  # the first answer to come
+                except Exception as exc:  # Ray is gone: no relay will answer any more
+                    log.warning("could not wait for the relays (%s)", exc)
+                    break
         for job_id in left:
             log.warning("job %s: out of time to store its last messages", job_id)
         return lost
@@ -470,9 +497,10 @@ class Dispatcher:
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
             self._forget(job)
 
-    def _relay(self, job: ActiveJob, wait_seconds: float = 0.0) -> bool:
+    def _relay(self, job: ActiveJob, wait_seconds: float = 0.0, since: float = -math.inf) -> bool:
         """Store one bounded batch of the run's messages, waiting up to `wait_seconds` for the
-        relay's answer; True when nothing was left to store.
+        relay's answer; True when nothing was left to store, as a drain sent at `since` or
+        later (monotonic) says: one sent earlier may have left what came in after it.
 
         A message leaves `undelivered` only once stored, so a Redis outage delays a run's
         metrics and images instead of losing the ones drained when it began.
@@ -485,7 +513,7 @@ class Dispatcher:
             except Exception:  # what the dispatcher keeps is best effort; the message is not
                 log.exception("job %s: could not note %r", job.job_id, type(message).__name__)
         if not job.undelivered:
-            return job.drain is None
+            return job.drain is None and job.answered_drain_sent_at >= since
         batch = _batch(job.undelivered)
         self.store.write_for_run(job.lease, batch)
         for message in batch:
@@ -511,11 +539,13 @@ class Dispatcher:
                 raise RelayLost(f"no answer for {silent:.0f} s")
             return []
         try:
-            return ray.get(job.drain)
+            messages = ray.get(job.drain)
         except RayActorError as exc:
             raise RelayLost(type(exc).__name__) from exc
         finally:
             job.drain = None
+        job.answered_drain_sent_at = job.drain_sent_at
+        return messages
 
     def _note(self, job: ActiveJob, message: Message) -> None:
         """Keep what the dispatcher itself needs from a message: how to stop the run."""
@@ -540,9 +570,11 @@ class Dispatcher:
                 job.fatal_error = error
 
     def _relay_everything(self, job: ActiveJob) -> None:
-        """The run is over: store everything it sent, batch by batch."""
+        """The run is over: store everything it sent, batch by batch, until a drain sent
+        after now comes back empty."""
+        now = time.monotonic()
         for _ in range(FINAL_DRAIN_BATCHES):
-            if self._relay(job, wait_seconds=RELAY_TIMEOUT_SECONDS):
+            if self._relay(job, wait_seconds=RELAY_TIMEOUT_SECONDS, since=now):
                 return
 
     def _finish(self, job: ActiveJob) -> None:
@@ -664,6 +696,16 @@ class Dispatcher:
         self.store.put_dispatcher_status(
             self.dispatcher_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS
         )
+
+
+def _removed(group: str) -> bool:
+    """Whether Ray removed the placement group; False when Ray cannot say (arrival order then
+    decides which workers are the newest)."""
+    try:
+        return ray_runtime.placement_group_removed(group)
+    except Exception as exc:
+        log.warning("could not look placement group %s up (%s)", group, exc)
+        return False
 
 
 def _batch(undelivered: deque[Message]) -> list[Message]:

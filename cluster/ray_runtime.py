@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group_table,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 NAMESPACE = "genfleet"  # runner actors are named in it, so any dispatcher can find them
@@ -94,11 +98,20 @@ def remove_placement_groups(group_ids: Iterable[str]) -> None:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
 
 
+def placement_group_removed(group_id: str) -> bool:
+    """Whether Ray removed the placement group: Ray Train does when it replaces its workers."""
+    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
+    return placement_group_table(group).get("state") == "REMOVED"
+
+
 def on_the_head() -> NodeAffinitySchedulingStrategy | str:
     """Where a run's runner and relay go: the head node, which lives as long as the cluster,
-    while worker nodes join, scale down and die. Soft, so a cluster without a head in view
-    (a test's) still schedules them; "DEFAULT" when no head is found."""
+    while worker nodes join, scale down and die; "DEFAULT" when no head is found.
+
+    Not soft: a busy head's raylet spilled soft requests to a worker node, and the relay then
+    died with that node (tests/cluster scenario (b)), taking the messages it held.
+    """
     for node in ray.nodes():
         if node.get("Alive") and HEAD_NODE_RESOURCE in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
     return "DEFAULT"

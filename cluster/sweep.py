@@ -129,23 +129,28 @@ def run_sweep(
 def _best_result(results: Any, metric: str, mode: str) -> Any:
     """The best trial's result, or an error that says what became of each trial.
 
-    Tune's own error ("No best trial found ...") names no trial and no cause, though the cause
-    is in the results: trials that failed, or that ended without reporting the metric.
+    Tune's own error ("No best trial found ...") names no trial and no cause, and with a
+    single trial Tune returns it whether or not it reported the metric.
     """
     try:
-        return results.get_best_result(metric=metric, mode=mode)
+        best = results.get_best_result(metric=metric, mode=mode)
     except RuntimeError:
-        fates = []
-        for result in results:
-            trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-            if result.error is not None:
-                cause = str(result.error).strip().splitlines()
-                fates.append(f"{trial_id} failed: {cause[-1] if cause else type(result.error)}")
-            else:
-                fates.append(f"{trial_id} ended without reporting it")
-        raise RuntimeError(
-            f"no trial of the sweep reported {metric}: " + "; ".join(fates or ["no trials ran"])
-        ) from None
+        best = None
+    if best is not None and (best.metrics or {}).get(metric) is not None:
+        return best
+    fates = []
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        if result.error is not None:
+            cause = str(result.error).strip().splitlines()
+            fates.append(
+                f"{trial_id} failed: {cause[-1] if cause else type(result.error).__name__}"
+            )
+        else:
+            fates.append(f"{trial_id} ended without reporting it")
+    raise RuntimeError(
+        f"no trial of the sweep reported {metric}: " + "; ".join(fates or ["no trials ran"])
+    )
 
 
 def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune.Tuner:

@@ -125,7 +125,10 @@ class JobQueue:
         """
         priority = spec.priority if priority is None else _checked_priority(priority)
         idempotency = "" if idempotency_key is None else self.keys.idempotency(idempotency_key)
-        request = json.dumps([spec.model_dump(mode="json"), priority, parent], sort_keys=True)
+        request = spec.model_dump_json()
+        if priority != spec.priority or parent is not None:
+            # Only then: a key stored for a plain submit keeps its digest across an upgrade.
+            request = json.dumps([request, priority, parent])
         digest = hashlib.sha256(request.encode()).hexdigest()
         while True:
             job_id = secrets.token_hex(6)

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import suppress
 
 import pytest
 import ray
@@ -27,8 +28,8 @@ from tests.test_ray_jobs import digits_spec
 pytestmark = pytest.mark.ray
 
 
-def submit_long_job(stack: Stack, name: str) -> str:
-    spec = digits_spec(name=name, train__epochs=8, train__max_steps_per_epoch=15)
+def submit_long_job(stack: Stack, name: str, epochs: int = 8) -> str:
+    spec = digits_spec(name=name, train__epochs=epochs, train__max_steps_per_epoch=15)
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0}
     return stack.queue.submit(validate_spec_dict(spec))
 
@@ -111,7 +112,8 @@ def test_run_whose_job_was_taken_over_is_stopped_and_writes_nothing_more(
 def test_a_stopping_dispatcher_hands_every_job_back_in_time_though_one_relay_hangs(
     stack: Stack, local_ray: str
 ) -> None:
-    hung, other = submit_long_job(stack, "hung-relay"), submit_long_job(stack, "other")
+    # Long enough that neither ends before the stop, however fast this machine.
+    hung, other = submit_long_job(stack, "hung-relay", 200), submit_long_job(stack, "other", 200)
     shutdown_seconds = 3.0
     running = Dispatcher(
         stack.queue,
@@ -129,10 +131,21 @@ def test_a_stopping_dispatcher_hands_every_job_back_in_time_though_one_relay_han
         relay = running.active[hung].relay
         pid = ray.get(relay.__ray_call__.remote(lambda _: os.getpid()))
         os.kill(pid, signal.SIGSTOP)  # a relay that no longer answers, as on a hung node
-        started = time.monotonic()
-        stop.set()
-        thread.join(timeout=120)
-        took = time.monotonic() - started
+        try:
+            stopped_at = time.monotonic()
+            hung_job = running.active[hung]
+            wait_until(
+                lambda: hung_job.drain is not None and hung_job.drain_sent_at > stopped_at,
+                30,
+                "a drain of the dispatcher's to wait on the stopped relay",
+            )
+            started = time.monotonic()
+            stop.set()
+            thread.join(timeout=120)
+            took = time.monotonic() - started
+        finally:
+            with suppress(ProcessLookupError):  # the stop killed it, as it should
+                os.kill(pid, signal.SIGCONT)
     finally:
         stop.set()
         thread.join(timeout=120)

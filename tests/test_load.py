@@ -214,10 +214,10 @@ def test_progress_drained_as_redis_dies_is_written_once_it_is_back(
     try:
         server.kill()
         with pytest.raises(redis.ConnectionError):
-            dispatcher._relay(job, wait=True)  # drained, then refused by the dead server
+            dispatcher._relay(job, wait_seconds=60)  # drained, then refused by the dead server
         assert [type(message) for message in job.undelivered] == [Log, Log, Log, Metrics]
         server.start()
-        dispatcher._relay(job, wait=True)
+        dispatcher._relay(job, wait_seconds=60)
     finally:
         ray.kill(relay)
 

@@ -20,6 +20,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from cluster.dispatcher import Dispatcher
+from cluster.ray_runtime import on_the_head
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.spec import validate_spec_dict
@@ -104,3 +105,7 @@ def test_two_worker_job_runs_one_worker_on_each_node_and_succeeds(
     assert record.result["metrics"]["val_bits_per_dim"] == pytest.approx(
         metrics[-1]["val_bits_per_dim"]
     )
+    # The runner and the relay were pinned to the head, never spilled to a worker node that
+    # may die (soft affinity did under load).
+    strategy = on_the_head()
+    assert (strategy.node_id, strategy.soft) == (two_node_cluster.head_node.node_id, False)

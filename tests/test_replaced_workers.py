@@ -2,10 +2,15 @@
 
 Its node was cut off while it still had messages to send; once the network heals they reach
 the relay, after the new group's (scenario (c) of tests/cluster met an old epoch's row that
-rewound the curve). The dispatcher keeps only what the newest group of each trial sends.
+rewound the curve). The dispatcher keeps only what the newest group of each trial sends, and
+asks Ray when a group it has not seen before announces itself late.
 """
 
 from __future__ import annotations
+
+import pytest
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from cluster.dispatcher import ActiveJob
 from cluster.placement import Resources
@@ -59,3 +64,27 @@ def test_each_trial_keeps_its_own_newest_group() -> None:
     ]
     kept = [message for message in arrived if job.from_current_workers(message)]
     assert kept == arrived[:4] + arrived[5:]
+
+
+@pytest.mark.ray
+def test_a_late_worker_of_a_group_ray_removed_does_not_take_over(local_ray: str) -> None:
+    """Its own `Worker` was still unsent when its node was cut off: it arrives after the new
+    group's, and only Ray knows that group is gone (Ray Train removed its placement group)."""
+    gone = placement_group([{"CPU": 0.01}])
+    ray.get(gone.ready(), timeout=60)
+    remove_placement_group(gone)
+    live = placement_group([{"CPU": 0.01}])
+    ray.get(live.ready(), timeout=60)
+    try:
+        job = active_job()
+        arrived = [
+            Worker(0, 12, "node-b", live.id.hex()),
+            Metrics({"epoch": 8}, group=live.id.hex()),
+            Worker(0, 11, "node-a", gone.id.hex()),
+            Metrics({"epoch": 5}, group=gone.id.hex()),
+            Metrics({"epoch": 9}, group=live.id.hex()),
+        ]
+        kept = [message for message in arrived if job.from_current_workers(message)]
+        assert kept == [arrived[0], arrived[1], arrived[4]]
+    finally:
+        remove_placement_group(live)
