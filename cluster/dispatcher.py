@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
 from cluster import ray_runtime
 from cluster.autoscaling import AutoscalerDemand
@@ -111,7 +111,8 @@ class ActiveJob:
     workers: dict[int, Worker] = field(default_factory=dict)  # rank -> where it runs
     placement_groups: set[str] = field(default_factory=set)  # every one the run has used
     trial_groups: dict[str, set[str]] = field(default_factory=dict)  # trial -> its workers'
-    current_groups: dict[str | None, str] = field(default_factory=dict)  # trial -> newest workers'
+    # trial -> the placement group of its newest Train workers, and when they started
+    current_groups: dict[str | None, tuple[str, float]] = field(default_factory=dict)
     replaced_groups: dict[str | None, set[str]] = field(default_factory=dict)  # trial -> older
     controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
     checkpoints: RecordedCheckpoints | None = None  # a train job's, pruned as new ones land
@@ -119,6 +120,8 @@ class ActiveJob:
     drain: ray.ObjectRef | None = None  # the relay's answer to come, collected when ready
     drain_sent_at: float = 0.0
     answered_drain_sent_at: float = -math.inf  # when the last drain answered had been sent
+    answer_held_all: bool = False  # it held less than asked: the relay had nothing more
+    drain_limit: int = 0  # messages the drain in flight asks for
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
     @property
@@ -135,35 +138,27 @@ class ActiveJob:
         A worker whose node was cut off keeps what it had not sent, and Ray delivers it once
         the network heals, after Ray Train restarted the run on other workers from a
         checkpoint: an old epoch's row arriving then would rewind the curve the new workers
-        wrote past it. A new group announces itself (`Worker`) before it sends anything else,
-        and a group once replaced never counts again, whatever of it arrives late; one whose
-        own `Worker` arrives late is known by its placement group, which Ray Train removed
-        when it replaced it.
+        wrote past it. Each group announces itself (`Worker`, stamped with when it started)
+        before it sends anything else; the group started last is the current one, and one
+        replaced never counts again, even when its own `Worker` arrives late.
         """
         trial = getattr(message, "trial", None)
         replaced = self.replaced_groups.setdefault(trial, set())
-        group = (
-            message.placement_group
-            if isinstance(message, Worker)
-            else getattr(message, "group", None)
-        )
-        if group in replaced:
-            log.warning(
-                "job %s: dropped a %s from replaced workers", self.job_id, type(message).__name__
-            )
-            return False
         current = self.current_groups.get(trial)
-        if isinstance(message, Worker) and group and group != current:
-            if current is not None and _removed(group):
-                replaced.add(group)
-                log.warning("job %s: dropped a Worker of replaced workers", self.job_id)
-                return False
-            if current is not None:
-                replaced.add(current)
-            self.current_groups[trial] = group
-            return True
-        if group is None or current is None or group == current:
-            return True
+        if isinstance(message, Worker):
+            group = message.placement_group
+            if group is None or (current is not None and group == current[0]):
+                return True
+            if group not in replaced and (current is None or message.started_at >= current[1]):
+                if current is not None:
+                    replaced.add(current[0])
+                self.current_groups[trial] = (group, message.started_at)
+                return True
+            replaced.add(group)
+        else:
+            group = getattr(message, "group", None)
+            if group is None or current is None or group == current[0]:
+                return True
         log.warning(
             "job %s: dropped a %s from replaced workers", self.job_id, type(message).__name__
         )
@@ -513,7 +508,8 @@ class Dispatcher:
             except Exception:  # what the dispatcher keeps is best effort; the message is not
                 log.exception("job %s: could not note %r", job.job_id, type(message).__name__)
         if not job.undelivered:
-            return job.drain is None and job.answered_drain_sent_at >= since
+            answered = job.answered_drain_sent_at >= since and job.answer_held_all
+            return job.drain is None and answered
         batch = _batch(job.undelivered)
         self.store.write_for_run(job.lease, batch)
         for message in batch:
@@ -530,6 +526,7 @@ class Dispatcher:
         if job.drain is None and room > 0:
             job.drain = job.relay.drain.remote(room)
             job.drain_sent_at = time.monotonic()
+            job.drain_limit = room
         if job.drain is None:
             return []
         ready, _ = ray.wait([job.drain], timeout=wait_seconds)
@@ -540,11 +537,12 @@ class Dispatcher:
             return []
         try:
             messages = ray.get(job.drain)
-        except RayActorError as exc:
+        except (RayActorError, ActorUnschedulableError) as exc:  # the second: its node is gone
             raise RelayLost(type(exc).__name__) from exc
         finally:
             job.drain = None
         job.answered_drain_sent_at = job.drain_sent_at
+        job.answer_held_all = len(messages) < job.drain_limit
         return messages
 
     def _note(self, job: ActiveJob, message: Message) -> None:
@@ -589,7 +587,7 @@ class Dispatcher:
             self.queue.fail(job.lease, message, trace, retryable)
             # A killed worker (its Ray actor died) closed no tracker.
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
-        except RayActorError as exc:  # the runner died with its node: not the run's fault
+        except (RayActorError, ActorUnschedulableError) as exc:  # lost with its node
             self._interrupt(job, f"its runner was lost: {_root_cause(exc)}")
             return
         else:
@@ -696,16 +694,6 @@ class Dispatcher:
         self.store.put_dispatcher_status(
             self.dispatcher_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS
         )
-
-
-def _removed(group: str) -> bool:
-    """Whether Ray removed the placement group; False when Ray cannot say (arrival order then
-    decides which workers are the newest)."""
-    try:
-        return ray_runtime.placement_group_removed(group)
-    except Exception as exc:
-        log.warning("could not look placement group %s up (%s)", group, exc)
-        return False
 
 
 def _batch(undelivered: deque[Message]) -> list[Message]:

@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.placement_group import (
-    PlacementGroup,
-    placement_group_table,
-    remove_placement_group,
-)
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 NAMESPACE = "genfleet"  # runner actors are named in it, so any dispatcher can find them
@@ -96,12 +92,6 @@ def remove_placement_groups(group_ids: Iterable[str]) -> None:
     """
     for group_id in group_ids:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
-
-
-def placement_group_removed(group_id: str) -> bool:
-    """Whether Ray removed the placement group: Ray Train does when it replaces its workers."""
-    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
-    return placement_group_table(group).get("state") == "REMOVED"
 
 
 def on_the_head() -> NodeAffinitySchedulingStrategy | str:

@@ -91,6 +91,7 @@ class Worker:
     node_id: str
     placement_group: str | None
     trial: str | None = None
+    started_at: float = 0.0  # wall clock: the newest group of a trial is the one started last
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     relay, trial = config["relay"], config["trial"]
     node_id = ray.get_runtime_context().get_node_id()
     group = placement_group_id()
-    relay.put.remote(Worker(rank, os.getpid(), node_id, group, trial))
+    relay.put.remote(Worker(rank, os.getpid(), node_id, group, trial, time.time()))
     controller = train_controller()
     if rank == 0 and controller is not None:
         relay.put.remote(Controller(controller, trial))
