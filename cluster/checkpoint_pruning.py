@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow.fs
 import ray
 
-from cluster.job_runner import CLAIM_PREFIX
+from cluster.job_runner import CLAIM_PREFIX, located
 from trainers.checkpoint import FOLDER_PREFIX, STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _delete(uri: str) -> None:
     """Delete a checkpoint folder: one named as the training loop names them, holding its
     state file, and nothing else (a record from before checkpoints had folders of their own
     names the run's whole folder)."""
-    filesystem, path = _located(uri)
+    filesystem, path = located(uri)
     if not PurePosixPath(path).name.startswith(FOLDER_PREFIX):
         return
     if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pyarrow.fs.FileType.File:
@@ -116,8 +116,8 @@ def _delete(uri: str) -> None:
 
 @ray.remote(num_cpus=0, max_retries=3)
 def _delete_unrecorded(run_dir: str, claim: int, recorded: list[str]) -> None:
-    filesystem, root = _located(run_dir)
-    kept = {_located(uri)[1] for uri in recorded}
+    filesystem, root = located(run_dir)
+    kept = {located(uri)[1] for uri in recorded}
     for claim_folder in _folders(filesystem, root):
         name = PurePosixPath(claim_folder).name
         number = name.removeprefix(CLAIM_PREFIX)
@@ -126,21 +126,6 @@ def _delete_unrecorded(run_dir: str, claim: int, recorded: list[str]) -> None:
         for folder in _folders(filesystem, claim_folder):
             if PurePosixPath(folder).name.startswith(FOLDER_PREFIX) and folder not in kept:
                 filesystem.delete_dir(folder)
-
-
-def _located(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The file system of `uri` (a URI or a local path) and the path in it.
-
-    Local paths come out resolved, however they were spelled (`file://` or plain, through a
-    symlink or not): `_delete_unrecorded` compares them, and one recorded folder spelled two
-    ways must not look unrecorded.
-    """
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(
-        uri if "://" in uri else str(Path(uri).resolve())
-    )
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        path = str(Path(path).resolve())
-    return filesystem, path
 
 
 def _folders(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:

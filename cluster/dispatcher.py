@@ -119,8 +119,9 @@ class ActiveJob:
     undelivered: deque[Message] = field(default_factory=deque)  # drained, not yet in Redis
     drain: ray.ObjectRef | None = None  # the relay's answer to come, collected when ready
     drain_sent_at: float = 0.0
-    answered_drain_sent_at: float = -math.inf  # when the last drain answered had been sent
-    answer_held_all: bool = False  # it held less than asked: the relay had nothing more
+    # When the last drain answered had been sent, if its answer held less than it asked (the
+    # relay had nothing more then); None after an answer that filled its limit.
+    emptied_at: float | None = None
     drain_limit: int = 0  # messages the drain in flight asks for
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
 
@@ -508,8 +509,8 @@ class Dispatcher:
             except Exception:  # what the dispatcher keeps is best effort; the message is not
                 log.exception("job %s: could not note %r", job.job_id, type(message).__name__)
         if not job.undelivered:
-            answered = job.answered_drain_sent_at >= since and job.answer_held_all
-            return job.drain is None and answered
+            emptied = job.emptied_at is not None and job.emptied_at >= since
+            return job.drain is None and emptied
         batch = _batch(job.undelivered)
         self.store.write_for_run(job.lease, batch)
         for message in batch:
@@ -541,8 +542,7 @@ class Dispatcher:
             raise RelayLost(type(exc).__name__) from exc
         finally:
             job.drain = None
-        job.answered_drain_sent_at = job.drain_sent_at
-        job.answer_held_all = len(messages) < job.drain_limit
+        job.emptied_at = job.drain_sent_at if len(messages) < job.drain_limit else None
         return messages
 
     def _note(self, job: ActiveJob, message: Message) -> None:

@@ -182,12 +182,24 @@ def newest_whole_checkpoint(recorded: list[str]) -> str | None:
     after losing its lease wrote and pruned checkpoints nobody recorded.
     """
     for uri in recorded:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(
-            uri if "://" in uri else str(Path(uri).resolve())
-        )
+        filesystem, path = located(uri)
         if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pyarrow.fs.FileType.File:
             return uri
     return None
+
+
+def located(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The file system of `uri` (a URI or a local path) and the path in it.
+
+    Local paths come out resolved, however they were spelled (`file://` or plain, through a
+    symlink or not), so that one folder spelled two ways compares equal.
+    """
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(
+        uri if "://" in uri else str(Path(uri).absolute())
+    )
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        path = str(Path(path).resolve())
+    return filesystem, path
 
 
 def _as_uri(path: str, storage: str) -> str:
