@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/sampling_bench.py
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/dashboard_bench.py
+	$(BIN)/python bench/footprint_bench.py
 	$(BIN)/python bench/chaos_bench.py
 
 lint: install

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # `tests.dashboard_seed`, ru
 
 from jobs.queue import JobQueue
 from jobs.redis_server import connect, ensure_embedded, stop_embedded
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.store import JobStore
 from tests import dashboard_seed as seed
@@ -129,7 +130,9 @@ def main() -> None:
                 by_size[jobs] = jobs_page_timings(prefix, args.repeats)
             os.environ["GENFLEET_PREFIX"] = "benchjob"
             job_page = job_page_timings(
-                JobQueue(client, "benchjob"), JobStore(client, "benchjob"), args.repeats
+                JobQueue(client, "benchjob"),
+                JobStore(client, "benchjob", RunStorage(Settings.from_env().storage)),
+                args.repeats,
             )
         finally:
             stop_embedded(Path(home))

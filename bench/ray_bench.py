@@ -59,6 +59,7 @@ from jobs.messages import Message, Metrics
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.redis_server import ensure_embedded, stop_embedded
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.spec import JobSpec, validate_spec_dict
 from jobs.store import JobStore
@@ -342,7 +343,8 @@ def measure_latencies(
 
 def open_queue(settings: Settings) -> tuple[JobQueue, JobStore]:
     client = redis.Redis.from_url(settings.redis_url or "")
-    return JobQueue(client, settings.prefix), JobStore(client, settings.prefix)
+    store = JobStore(client, settings.prefix, RunStorage(settings.storage))
+    return JobQueue(client, settings.prefix), store
 
 
 def latency_table(latencies: dict[str, list[Latency]]) -> str:

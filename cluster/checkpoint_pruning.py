@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow.fs
 import ray
 
-from cluster.job_runner import CLAIM_PREFIX, located
+from cluster.job_runner import CLAIM_PREFIX
+from jobs.run_storage import located
 from trainers.checkpoint import FOLDER_PREFIX, STATE_FILE
 
 log = logging.getLogger(__name__)

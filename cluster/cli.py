@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cluster import cli_evaluate, cli_jobs, cli_local, cli_stack
+from cluster import cli_evaluate, cli_jobs, cli_local, cli_stack, cli_storage
 from cluster.cli_errors import friendly_errors
 from jobs.limits import limits
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train generative image models from a durable Redis queue on Ray.",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (cli_jobs, cli_evaluate, cli_local, cli_stack):
+    for module in (cli_jobs, cli_storage, cli_evaluate, cli_local, cli_stack):
         module.register(subcommands)
     return parser
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 from rich.console import Console
 from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
@@ -21,10 +22,12 @@ from genfleet.errors import SpecFileError
 from genfleet.specs import as_spec
 from jobs.keys import MAX_INTERRUPTIONS
 from jobs.records import JobRecord, JobStatus
+from jobs.run_storage import ImageUnreadable
 from jobs.scheduling import WaitingJob, sent_demand
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.spec_errors import SpecError
+from jobs.store import RedisMemory, redis_full_text
 
 if TYPE_CHECKING:
     from genfleet.client import Client
@@ -224,7 +227,7 @@ def _epochs(record: JobRecord) -> int | None:
 def status(args: argparse.Namespace) -> int:
     client = open_client()
     if args.job_id is None:
-        return _queue_status(args, client.store.cluster_status())
+        return _queue_status(args, client.store.cluster_status(), _memory(client))
     job = client.job(args.job_id)
     record, events = job.record(), job.events()
     if args.json:
@@ -262,14 +265,27 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queue_status(args: argparse.Namespace, cluster: dict[str, Any] | None) -> int:
-    """What the live dispatchers last said about the queue: who waits, why, and the demand."""
+def _queue_status(
+    args: argparse.Namespace, cluster: dict[str, Any] | None, memory: RedisMemory | None
+) -> int:
+    """What the live dispatchers last said about the queue, and how full Redis is."""
     if args.json:
-        print(json.dumps(cluster))
+        print(json.dumps({**(cluster or {}), "redis_memory": memory and asdict(memory)}))
         return 0
+    full_since = (cluster or {}).get("redis_full_since")
+    if full_since is not None or (memory is not None and memory.full):
+        stdout.print(redis_full_text(full_since))
+    _dispatchers_status(cluster)
+    if memory is not None:
+        stdout.print(f"redis memory: {memory.describe()}")
+    return 0
+
+
+def _dispatchers_status(cluster: dict[str, Any] | None) -> None:
+    """What the live dispatchers last said: who waits, why, and the demand sent."""
     if cluster is None:
         stdout.print("no dispatcher has reported; start one with `genfleet worker`")
-        return 0
+        return
     bound = cluster.get("max_cluster") or "unbounded"
     stdout.print(
         f"dispatchers: {len(cluster['dispatchers'])}   largest cluster "
@@ -289,7 +305,13 @@ def _queue_status(args: argparse.Namespace, cluster: dict[str, Any] | None) -> i
         for entry in demand.bundles:
             shape = ", ".join(f"{name}: {value:g}" for name, value in entry.bundle.items())
             stdout.print(f"  {entry.count} x {{{shape}}}")
-    return 0
+
+
+def _memory(client: Client) -> RedisMemory | None:
+    try:
+        return client.store.memory()
+    except redis.exceptions.NoPermissionError:  # an ACL without INFO: status goes on without
+        return None
 
 
 def _numbers(values: dict[str, Any], keys: tuple[str, ...]) -> str:
@@ -354,9 +376,16 @@ def logs(args: argparse.Namespace) -> int:
 def samples(args: argparse.Namespace) -> int:
     job = open_client().job(args.job_id)  # an unknown job is an error before a folder is made
     args.out.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written, unreadable = 0, []
     for ref in job.images():
-        (args.out / f"{ref.name}-epoch{ref.epoch:03d}.png").write_bytes(job.png(ref))
+        try:
+            png = job.png(ref)
+        except ImageUnreadable as exc:  # one lost file must not cost the user the others
+            unreadable.append(str(exc))
+            continue
+        (args.out / f"{ref.name}-epoch{ref.epoch:03d}.png").write_bytes(png)
         written += 1
     print(f"wrote {written} PNG file(s) to {args.out}")
-    return 0
+    for problem in unreadable:
+        stderr.print(f"not written: {problem}", markup=False)
+    return EXIT_INVALID if unreadable else 0

@@ -107,7 +107,10 @@ def up(args: argparse.Namespace) -> int:
     # Until the dispatcher loop takes the signals over, Ctrl-C and SIGTERM interrupt the start,
     # and `stack` stops what `up` has started so far, the newest first.
     with sigterm_interrupts(), ExitStack() as stack:
-        if not settings.redis_url and embedded_server(settings.home).started:
+        if (
+            not settings.redis_url
+            and embedded_server(settings.home, settings.redis_maxmemory).started
+        ):
             # Only a server this run started: one that already ran serves other commands.
             stack.callback(stop_embedded, settings.home)
         client = open_client()

@@ -10,7 +10,10 @@ One loop, a tick every `poll_seconds`:
    store, act on cancel, record the outcome.
 A job's trouble stays that job's: a relay that died, a message Redis refuses or a lost lease
 ends or hands back that one job, with the reason, and every other job is serviced in the same
-tick.
+tick. A Redis that refuses writes for memory (`maxmemory`, noeviction) is no job's fault: the
+dispatcher says "Redis is full" in its status, claims nothing, keeps each run's messages (in
+the run's relay, which bounds them), and goes on once writes are taken again; leases, final
+states and its status are written even by a full Redis (jobs/queue.py, ALLOWED_WHEN_FULL).
 
 Everything written for a run carries its lease (jobs/queue.py), so once another dispatcher owns
 a job nothing from this one lands, and a refused write stops this copy of the run at once. A
@@ -41,6 +44,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
+from redis.exceptions import NoPermissionError, OutOfMemoryError
 
 from cluster import ray_runtime
 from cluster.autoscaling import AutoscalerDemand
@@ -49,6 +53,7 @@ from cluster.job_runner import is_running_on_ray, run_folder, start_runner, stop
 from cluster.lease_keeper import LeaseKeeper
 from cluster.placement import Resources, judge_queued_jobs, largest_cluster
 from cluster.relay import Relay
+from jobs.deletion import apply_retention
 from jobs.keys import (
     DISPATCHER_STATUS_TTL_SECONDS,
     RUN_WRITE_BYTES_PER_TICK,
@@ -66,7 +71,15 @@ from jobs.messages import (
     message_bytes,
 )
 from jobs.queue import ClaimedJob, JobQueue
-from jobs.records import InvalidTransition, JobRecord, JobStatus, Lease, LeaseLost, TrialStatus
+from jobs.records import (
+    InvalidTransition,
+    JobNotFound,
+    JobRecord,
+    JobStatus,
+    Lease,
+    LeaseLost,
+    TrialStatus,
+)
 from jobs.scheduling import WaitingJob
 from jobs.settings import Settings
 from jobs.spec import JobSpec
@@ -84,6 +97,7 @@ PRUNE_SECONDS = 15.0  # the most a stopping dispatcher waits for its checkpoint 
 # between SIGTERM and SIGKILL (30 s in Kubernetes; docker/compose.yaml sets the same), so that
 # every job is handed back instead of waiting for its lease to expire.
 SHUTDOWN_SECONDS = 20.0
+RETENTION_SECONDS = 600.0  # how often GENFLEET_RETENTION_DAYS deletes what it no longer keeps
 RELAY_TIMEOUT_SECONDS = 60.0  # a relay silent this long is lost (its node, most likely)
 FINAL_DRAIN_BATCHES = 1000  # bounds the last drain of a finished run
 # How the reaper leaves a job whose dispatcher died, and so how that attempt's runs end.
@@ -186,6 +200,8 @@ class Dispatcher:
         self.dispatcher_id = dispatcher_id or f"{socket.gethostname()}-{os.getpid()}"
         self.active: dict[str, ActiveJob] = {}
         self._last_housekeeping = 0.0
+        self._last_retention = -math.inf
+        self.redis_full_since: float | None = None  # wall clock; a write refused for memory
         self.leases = LeaseKeeper(queue, lease_seconds, on_lost=self._halt)
         self._expired_since: dict[str, float] = {}  # other dispatchers' expired, live runs
         self.autoscaler_demand = AutoscalerDemand(self.dispatcher_id, settings.max_cluster)
@@ -214,17 +230,46 @@ class Dispatcher:
             housekeeping = (
                 self._reap,
                 self._explain_waiting_jobs,
+                self._watch_redis_memory,
                 self._publish_cluster_status,
                 self.deletions.forget_done,
+                self._apply_retention,
             )
             for step in housekeeping:
                 try:  # each on its own: one bad queued record must not stop the others
                     step()
                 except Exception:
                     log.exception("housekeeping step %s failed; the tick goes on", step.__name__)
-        self._claim_fitting_jobs()
+        if self.redis_full_since is None:  # a new run would only add to what waits
+            self._claim_fitting_jobs()
         for job in list(self.active.values()):
             self._service_alone(job)
+
+    def _redis_refused(self, what: str) -> None:
+        if self.redis_full_since is None:
+            log.warning("Redis is full: it refused %s; claims stop until it takes writes", what)
+            self.redis_full_since = time.time()
+
+    def _watch_redis_memory(self) -> None:
+        """Claim again once Redis has room, even with no run whose write would show it."""
+        if self.redis_full_since is None:
+            return
+        try:
+            full = self.store.memory().full
+        except NoPermissionError:  # an ACL without INFO: try a claim, which says it again
+            full = False
+        if not full:
+            log.info("Redis takes writes again")
+            self.redis_full_since = None
+
+    def _apply_retention(self) -> None:
+        days = self.settings.retention_days
+        if days is None or time.monotonic() - self._last_retention < RETENTION_SECONDS:
+            return
+        self._last_retention = time.monotonic()
+        deleted = apply_retention(self.store, days)
+        if deleted:
+            log.info("retention: deleted %d jobs finished over %g days ago", len(deleted), days)
 
     def _reap(self) -> None:
         asked: set[str] = set()  # the expired leases of this round
@@ -375,9 +420,13 @@ class Dispatcher:
     def _claim_fitting_jobs(self) -> None:
         while True:
             claimed_at = time.monotonic()  # no later than Redis starts the lease
-            claimed = self.queue.claim(
-                self.dispatcher_id, self.lease_seconds, fits=self._free_resources()
-            )
+            try:
+                claimed = self.queue.claim(
+                    self.dispatcher_id, self.lease_seconds, fits=self._free_resources()
+                )
+            except OutOfMemoryError:
+                self._redis_refused("a claim")
+                return
             if claimed is None:
                 return
             self.leases.hold(claimed.lease, claimed_at)
@@ -471,6 +520,11 @@ class Dispatcher:
             self._service(job)
         except LeaseLost:
             self._drop(job, "a write for the run was refused: another dispatcher owns the job")
+        except JobNotFound:  # ended elsewhere, then deleted: nothing of the run may land
+            self._drop(job, "the job was deleted")
+        except OutOfMemoryError:  # nothing is lost: the messages wait, in order, for space
+            self._redis_refused(f"a write for job {job.job_id}")
+            job.serviced_at = time.monotonic()
         except RelayLost as exc:
             reason = f"its relay actor was lost ({exc}); resumes from its checkpoint"
             self._interrupt(job, reason, relay_alive=False)
@@ -513,6 +567,7 @@ class Dispatcher:
             return job.drain is None and emptied
         batch = _batch(job.undelivered)
         self.store.write_for_run(job.lease, batch)
+        self.redis_full_since = None
         for message in batch:
             job.undelivered.popleft()
             of_the_job = isinstance(message, Checkpoint) and message.trial is None
@@ -690,6 +745,7 @@ class Dispatcher:
             "waiting": [asdict(job) for job in self.waiting],
             "demand": self.autoscaler_demand.published(),
             "max_cluster": self.settings.max_cluster.as_text(),
+            "redis_full_since": self.redis_full_since,
         }
         self.store.put_dispatcher_status(
             self.dispatcher_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -25,6 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from cluster.ray_runtime import NAMESPACE, on_the_head
 from jobs.messages import Fatal
+from jobs.run_storage import located
 from jobs.spec import JobSpec, SpecError, missing_tracker_packages
 from trainers.checkpoint import STATE_FILE
 from trainers.ray_adapter import train_loop_per_worker
@@ -186,20 +186,6 @@ def newest_whole_checkpoint(recorded: list[str]) -> str | None:
         if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pyarrow.fs.FileType.File:
             return uri
     return None
-
-
-def located(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The file system of `uri` (a URI or a local path) and the path in it.
-
-    Local paths come out resolved, however they were spelled (`file://` or plain, through a
-    symlink or not), so that one folder spelled two ways compares equal.
-    """
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(
-        uri if "://" in uri else str(Path(uri).absolute())
-    )
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        path = str(Path(path).resolve())
-    return filesystem, path
 
 
 def _as_uri(path: str, storage: str) -> str:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from jobs.queue import JobQueue
 from jobs.redis_server import connect
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.store import JobStore
 
@@ -18,9 +19,15 @@ def _client(settings: Settings) -> redis.Redis:
     return connect(settings)
 
 
+@st.cache_resource(show_spinner=False)
+def _storage(root: str) -> RunStorage:
+    # One per root, so its read cache serves every rerun and every browser session.
+    return RunStorage(root)
+
+
 def store() -> JobStore:
     settings = Settings.from_env()
-    return JobStore(_client(settings), settings.prefix)
+    return JobStore(_client(settings), settings.prefix, _storage(settings.storage))
 
 
 def queue() -> JobQueue:

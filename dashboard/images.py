@@ -1,7 +1,10 @@
-"""Sample grids from the store: cached bytes, resized for display, and the gallery widget.
+"""Sample grids from the runs' storage: resized for display, and the gallery widget.
 
-A stored image never changes (one PNG per job, name and epoch), so caching it by those keys is
-always right, and a job with a hundred grids opens by fetching only the few it shows.
+The bytes come through `JobStore.get_image`, whose RunStorage keeps a read cache of its own
+(and forgets a deleted job's files), so only the resized copies are cached here. A stored image
+never changes (one PNG per job, name and epoch), so caching those by that key is always right,
+and a job with a hundred grids opens by reading only the few it shows. A file that is missing
+or damaged shows its message in its place; the rest of the gallery still draws.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import connection
-from jobs.store import ImageRef
+from jobs.run_storage import ImageUnreadable
+from jobs.store import ImageNotFound, ImageRef
 
 THUMBNAIL_PX = 120
 DISPLAY_PX = 384
+# A file missing or damaged in storage, or an index entry deleted since the gallery listed it.
+UNREADABLE = (ImageUnreadable, ImageNotFound)
 STRIP_LENGTH = 8  # thumbnails of evenly spaced epochs under the selected grid
 CAPTIONS = {
     "samples": "Fixed-seed samples: each cell is drawn from the same noise at every epoch.",
@@ -25,19 +31,16 @@ CAPTIONS = {
 }
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
-def image_png(source: str, job_id: str, name: str, epoch: int, trial: str | None) -> bytes:
-    del source  # part of the cache key only: another Redis holds other images
-    return connection.store().get_image(job_id, name, epoch, trial=trial)
-
-
 @st.cache_data(max_entries=4096, show_spinner=False)
 def resized_png(
     source: str, job_id: str, name: str, epoch: int, trial: str | None, width: int
 ) -> bytes:
     """The image at about `width` pixels: shrunk smoothly, or grown by whole pixels so the
-    pixels of a tiny 8x8-digit grid stay crisp squares."""
-    image = Image.open(io.BytesIO(image_png(source, job_id, name, epoch, trial)))
+    pixels of a tiny 8x8-digit grid stay crisp squares. `source` is part of the cache key only:
+    another Redis holds other images. An unreadable file raises, and st.cache_data keeps no
+    failure, so the next rerun reads it again."""
+    del source
+    image = Image.open(io.BytesIO(connection.store().get_image(job_id, name, epoch, trial)))
     if image.width > width:
         height = max(round(image.height * width / image.width), 1)
         image = image.resize((width, height), Image.Resampling.LANCZOS)
@@ -66,29 +69,49 @@ def evenly_spaced(epochs: list[int], count: int) -> list[int]:
     return [epochs[round(index * step)] for index in range(count)]
 
 
+def unreadable(name: str, epoch: int, error: Exception) -> None:
+    st.warning(f"{name}, epoch {epoch}: {error}")
+
+
+def sized_image(
+    job_id: str, trial: str | None, name: str, epoch: int, width: int, caption: str
+) -> None:
+    """One image at about `width` pixels, or in its place the warning that names its file."""
+    try:
+        png = resized_png(connection.data_source(), job_id, name, epoch, trial, width)
+    except UNREADABLE as exc:
+        unreadable(name, epoch, exc)
+        return
+    st.image(png, caption=caption)
+
+
 def image_series(job_id: str, trial: str | None, name: str, epochs: list[int], key: str) -> None:
     """One image name: the grid at the chosen epoch, a download, and a strip of other epochs."""
-    source = connection.data_source()
     epoch = epochs[-1]
     if len(epochs) > 1:
         epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1], key=f"{key}.epoch")
     full_size = st.toggle("Full size", key=f"{key}.full")
-    png = image_png(source, job_id, name, epoch, trial)
-    shown = png if full_size else resized_png(source, job_id, name, epoch, trial, DISPLAY_PX)
-    st.image(shown, caption=f"{CAPTIONS.get(name, name)} Epoch {epoch}.")
-    label = f"{job_id}-{trial}" if trial else job_id
-    st.download_button(
-        "Download PNG",
-        data=png,
-        file_name=f"{label}-{name}-epoch{epoch:04d}.png",
-        mime="image/png",
-        key=f"{key}.download",
-    )
+    try:
+        png = connection.store().get_image(job_id, name, epoch, trial)
+    except UNREADABLE as exc:
+        unreadable(name, epoch, exc)
+    else:
+        source = connection.data_source()
+        shown = png if full_size else resized_png(source, job_id, name, epoch, trial, DISPLAY_PX)
+        st.image(shown, caption=f"{CAPTIONS.get(name, name)} Epoch {epoch}.")
+        label = f"{job_id}-{trial}" if trial else job_id
+        st.download_button(
+            "Download PNG",
+            data=png,
+            file_name=f"{label}-{name}-epoch{epoch:04d}.png",
+            mime="image/png",
+            key=f"{key}.download",
+        )
     strip = evenly_spaced(epochs, STRIP_LENGTH)
     if len(strip) > 1:
         for column, strip_epoch in zip(st.columns(len(strip)), strip, strict=True):
-            thumbnail = resized_png(source, job_id, name, strip_epoch, trial, THUMBNAIL_PX)
-            column.image(thumbnail, caption=f"epoch {strip_epoch}")
+            with column:
+                sized_image(job_id, trial, name, strip_epoch, THUMBNAIL_PX, f"epoch {strip_epoch}")
 
 
 def gallery(job_id: str, trial: str | None, refs: list[ImageRef], key: str) -> None:

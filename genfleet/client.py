@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
@@ -18,9 +18,11 @@ from PIL import Image
 
 from genfleet.errors import JobTimeout, NotASweep
 from genfleet.specs import SpecLike, as_spec
+from jobs.deletion import Deleted, collect_garbage, delete_jobs, parse_age
 from jobs.queue import JobQueue
 from jobs.records import Event, JobRecord, JobStatus
 from jobs.redis_server import connect
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.store import Checkpoint, ImageRef, JobStore
 
@@ -37,7 +39,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.redis: redis.Redis = connect(self.settings)
         self.queue = JobQueue(self.redis, self.settings.prefix)
-        self.store = JobStore(self.redis, self.settings.prefix)
+        self.store = JobStore(self.redis, self.settings.prefix, RunStorage(self.settings.storage))
 
     def submit(
         self,
@@ -72,6 +74,25 @@ class Client:
             status=status, model=model, kind=kind, offset=offset, limit=limit
         )
         return JobPage(self, page.records, page.total)
+
+    def delete(self, *job_ids: str) -> list[Deleted]:
+        """Remove finished jobs (a sweep with its trials) and all they left in Redis and in
+        storage: logs, metrics, images, checkpoints, Ray results. Raises JobNotFound, or
+        NotDeletable for a queued or running job, before removing anything."""
+        return delete_jobs(self.store, job_ids)
+
+    def collect_garbage(
+        self,
+        finished_before: str | float,
+        statuses: Iterable[str] | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete the jobs that finished more than `finished_before` ago ("30d", "12h", or
+        seconds), in these final statuses (all when None); returns their ids. `dry_run`
+        only lists them."""
+        if isinstance(finished_before, str):
+            finished_before = parse_age(finished_before)
+        return collect_garbage(self.store, finished_before, statuses, dry_run)
 
 
 @dataclass(frozen=True)
@@ -198,6 +219,10 @@ class Job:
 
     def set_priority(self, priority: int) -> None:
         self.client.queue.set_priority(self.id, priority)
+
+    def delete(self) -> Deleted:
+        """Remove the finished job and all it left (see `Client.delete`)."""
+        return self.client.delete(self.id)[0]
 
     def trials(self) -> list[Trial]:
         return [_trial(info) for info in self.client.store.trials(self.id)]

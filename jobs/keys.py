@@ -11,8 +11,15 @@ Queue state (`<prefix>:...`):
     index:all / index:status:<status> / index:model:<model> / index:kind:<kind>
                               zset  job ids by submit order, for filtered listings
 Artifacts: metrics:<id>[:trial:<t>] (list), images:<id>[:trial:<t>] (hash "<name>:<epoch>" ->
-PNG), logs:<id> (capped list) with log_count:<id> (lines ever appended), checkpoints:<id>
-(list), trials:<id> (hash). A run writes them only through `write_run.lua`, behind its lease.
+JSON index entry of a PNG in the runs' storage; stores from before it held the PNG itself),
+logs:<id> (capped list) with log_count:<id> (lines ever appended), checkpoints:<id> (list),
+trials:<id> (hash), artifact_trials:<id> (set: the trials that have artifact keys), and
+footprint:<id> (hash: bytes held and entries dropped per capped list). A run writes them only
+through `write_run.lua`, behind its lease; tools outside a run through `write_artifacts.lua`.
+Metrics, logs and events are capped by bytes (the *_BYTES_KEPT below), oldest first, so that a
+job's footprint is bounded whatever it runs for; images and checkpoints live in storage.
+    deleted                   zset  ids of deleted jobs whose folders may remain; score = when
+                              (s), so that a delete stopped half way is finished later
 Dispatchers (each reports its Ray cluster view and running jobs for the dashboard):
     dispatcher:<dispatcher id> str   that dispatcher's JSON status (TTL 30 s)
     dispatchers               zset  dispatcher ids; score = when its status expires (s, server
@@ -31,6 +38,11 @@ from dataclasses import dataclass
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 DISPATCHER_STATUS_TTL_SECONDS = 30  # a dispatcher publishes every 2 s; 30 s of silence: dead
 LOG_LINES_KEPT = 5000
+# Per list, oldest entries dropped first. 100 epochs of metrics take about 30 KiB and a run's
+# log about 100 KiB, so only runs of thousands of epochs or chatty ones lose their start.
+LOG_BYTES_KEPT = 256 * 2**10
+METRIC_BYTES_KEPT = 256 * 2**10
+EVENT_BYTES_KEPT = 64 * 2**10
 # A job handed back this many times by crashes (leases that expired, relays or nodes lost) is
 # dead: something about it takes its dispatchers down. Clean stops (SIGTERM) do not count.
 MAX_INTERRUPTIONS = 10
@@ -126,6 +138,16 @@ class Keys:
     def trials(self, job_id: str) -> str:
         return self._key("trials", job_id)
 
+    def artifact_trials(self, job_id: str) -> str:
+        return self._key("artifact_trials", job_id)
+
+    def footprint(self, job_id: str) -> str:
+        return self._key("footprint", job_id)
+
+    @property
+    def deleted(self) -> str:
+        return self._key("deleted")
+
     def dispatcher(self, dispatcher_id: str) -> str:
         return self._key("dispatcher", dispatcher_id)
 
@@ -153,10 +175,20 @@ class Keys:
             "images": self.images(""),
             "checkpoints": self.checkpoints(""),
             "trials": self.trials(""),
+            "artifact_trials": self.artifact_trials(""),
+            "footprint": self.footprint(""),
+            "deleted": self.deleted,
             "trial_infix": TRIAL_INFIX,
             "dispatchers": self.dispatchers,
             "dispatcher": self.dispatcher(""),
         }
         # The prefix pattern admits no quote or backslash, so plain quoting is safe.
         body = ", ".join(f"{name} = '{key}'" for name, key in entries.items())
-        return f"local KEY = {{{body}}}\n"
+        caps = {
+            "log_lines": LOG_LINES_KEPT,
+            "log_bytes": LOG_BYTES_KEPT,
+            "metric_bytes": METRIC_BYTES_KEPT,
+            "event_bytes": EVENT_BYTES_KEPT,
+        }
+        cap_body = ", ".join(f"{name} = {cap}" for name, cap in caps.items())
+        return f"local KEY = {{{body}}}\nlocal CAP = {{{cap_body}}}\n"

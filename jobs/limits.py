@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 
 class LimitError(Exception):
-    """A GENFLEET_MAX_* variable has a value genfleet cannot use.
+    """A GENFLEET_* variable has a value genfleet cannot use.
 
     Not a ValueError: raised inside a pydantic validator, a ValueError would be reported as a
     mistake in the user's spec, when it is the operator's.

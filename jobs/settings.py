@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,7 +26,12 @@ ENVIRONMENT = {
     "GENFLEET_MAX_WORKERS": "most Ray Train workers one spec may ask for (256)",
     "GENFLEET_MAX_CLUSTER": "largest the Ray cluster may grow to (unset: unbounded), e.g. "
     "cpus=64,gpus=8,node_cpus=16,node_gpus=2: a job beyond it fails, the others wait for nodes",
+    "GENFLEET_REDIS_MAXMEMORY": "memory cap of the embedded Redis (1gb); full, it refuses writes",
+    "GENFLEET_RETENTION_DAYS": "delete finished jobs older than this many days (unset: keep forever)",
 }
+# Redis's own memory notation (redis.conf): k, m, g are powers of 1000, kb, mb, gb of 1024.
+REDIS_MEMORY = re.compile(r"(\d+)(b|k|kb|m|mb|g|gb)?")
+DEFAULT_REDIS_MAXMEMORY = "1gb"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class Settings:
     dashboard_port: int
     dashboard_password: str | None
     max_cluster: MaxCluster = MaxCluster()
+    redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
+    retention_days: float | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -101,4 +109,32 @@ class Settings:
             dashboard_port=int(env.get("GENFLEET_DASHBOARD_PORT", "8501")),
             dashboard_password=env.get("GENFLEET_DASHBOARD_PASSWORD") or None,
             max_cluster=MaxCluster.parse(env.get("GENFLEET_MAX_CLUSTER", "")),
+            redis_maxmemory=_redis_maxmemory(env.get("GENFLEET_REDIS_MAXMEMORY", "")),
+            retention_days=_retention_days(env.get("GENFLEET_RETENTION_DAYS", "")),
         )
+
+
+def _redis_maxmemory(text: str) -> str:
+    """`512MB` -> `512mb`; "" is the default. Checked here, since a value redis-server rejects
+    would only show in its log, as an embedded server that does not start."""
+    if not text:
+        return DEFAULT_REDIS_MAXMEMORY
+    match = REDIS_MEMORY.fullmatch(text.strip().lower())
+    if match is None or int(match[1]) == 0:
+        raise LimitError(
+            f"GENFLEET_REDIS_MAXMEMORY: must be a size > 0 such as 512mb or 1gb "
+            f"(units b, k, kb, m, mb, g, gb), got {text!r}"
+        )
+    return f"{int(match[1])}{match[2] or ''}"
+
+
+def _retention_days(text: str) -> float | None:
+    if not text:  # keep finished jobs forever
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days) or days <= 0:
+        raise LimitError(f"GENFLEET_RETENTION_DAYS: must be a number of days > 0, got {text!r}")
+    return days

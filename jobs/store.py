@@ -4,25 +4,31 @@ sweep trials; plus the status each dispatcher publishes, which the dashboard rea
 The queue (jobs/queue.py) owns every status change; the store reads records and keeps artifacts.
 A run writes only through `write_for_run`, one Lua script per batch behind the run's lease (the
 fencing token), so nothing from a copy of the run that lost its lease lands. The single-item
-writers below serve imports, fixtures and tools outside any run. Writes that touch the record
-itself (progress, events) check that the job exists in the same script, so a late write for an
-unknown job raises instead of leaving half a record. Readers of artifacts return empty results
-for a job that has none.
+writers below serve imports, fixtures and tools outside any run, through one script that
+checks that the job exists, so that a late write for an unknown or deleted job raises
+instead of leaving keys behind. Readers of artifacts return empty results for a job that has
+none.
+
+Images live in the runs' storage (jobs/run_storage.py), written before their index entry in
+Redis, so that an entry always points at a whole file; a file whose entry never landed (a
+refused write) lies unseen in the job's folder until the job is deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
 from redis import Redis
 
-from jobs.keys import LOG_LINES_KEPT, Keys, check_trial_id
+from jobs.keys import Keys, check_trial_id
 from jobs.messages import Checkpoint as CheckpointMessage
 from jobs.messages import (  # the store's own Checkpoint is the record a reader gets
     Fatal,
@@ -35,6 +41,7 @@ from jobs.messages import (  # the store's own Checkpoint is the record a reader
 )
 from jobs.queue import load_script
 from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
+from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, image_path
 
 IMAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # "samples", "reconstructions", ...
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,15 +66,83 @@ class Checkpoint:
     trial: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """An image's index entry in Redis: where its PNG lies in the runs' storage."""
+
+    name: str
+    epoch: int
+    trial: str | None
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> StoredImage:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class RedisMemory:
+    """What Redis holds against its `maxmemory` (0: no limit), from INFO memory."""
+
+    used: int
+    maxmemory: int
+
+    @property
+    def full(self) -> bool:
+        # noeviction refuses a write once used memory reaches the limit.
+        return 0 < self.maxmemory <= self.used
+
+    def describe(self) -> str:
+        """`312.0 MiB of 1.0 GiB (30%)`, or `312.0 MiB (no maxmemory)`."""
+        if not self.maxmemory:
+            return f"{_size(self.used)} (no maxmemory)"
+        return f"{_size(self.used)} of {_size(self.maxmemory)} ({self.used / self.maxmemory:.0%})"
+
+
+def redis_full_text(since: float | None) -> str:
+    """What to tell a user whose Redis refuses writes for memory, and since when (wall clock)."""
+    when = (
+        ""
+        if since is None
+        else f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+    )
+    return (
+        f"Redis is full{when}: it refuses new writes. Runs keep their messages and go on once "
+        "space is freed; no job is claimed until then. Free space with `genfleet gc "
+        "--finished-before 30d` or `genfleet delete JOB`, or raise GENFLEET_REDIS_MAXMEMORY."
+    )
+
+
+def _size(count: float) -> str:
+    unit = "B"
+    for larger in ("KiB", "MiB", "GiB"):
+        if count < 1024:
+            break
+        count, unit = count / 1024, larger
+    return f"{count:.0f} B" if unit == "B" else f"{count:.1f} {unit}"
+
+
 class ImageNotFound(LookupError):
     pass
 
 
+class NoStorage(ImageUnreadable):
+    """Images live in the runs' storage, and this store was given none."""
+
+
 class JobStore:
-    def __init__(self, redis: Redis, prefix: str = "genfleet") -> None:
+    def __init__(
+        self, redis: Redis, prefix: str = "genfleet", storage: RunStorage | None = None
+    ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
-        self._merge_progress = load_script(redis, self.keys, "merge_progress")
+        self.storage = storage
+        self._write_artifacts = load_script(redis, self.keys, "write_artifacts")
         self._note = load_script(redis, self.keys, "note")
         self._logs_since = load_script(redis, self.keys, "logs_since")
         self._publish_dispatcher = load_script(redis, self.keys, "publish_dispatcher")
@@ -82,22 +157,14 @@ class JobStore:
         that says so, and the rest of the batch still lands. Kinds only the dispatcher uses
         (workers, placement groups, controllers) are skipped.
         """
-        writes: list[str | bytes] = []
-        for message in messages:
-            try:
-                write = _run_write(message)
-            except Exception as exc:  # one bad message must not hold back the rest, ever
-                write = ("log", "", f"dropped a message ({type(message).__name__}): {exc}", "")
-            if write is not None:
-                writes.extend(write)
+        writes, files = self._prepared(lease.job_id, messages, drop_bad=True)
         if not writes:
             return
-        outcome = self._write_run(
-            args=[lease.job_id, lease.owner, lease.claim, LOG_LINES_KEPT, *writes]
-        )
+        outcome = self._write_run(args=[lease.job_id, lease.owner, lease.claim, *writes])
         if outcome == b"missing":
+            self._forget_files(files)
             raise JobNotFound(lease.job_id)
-        if outcome == b"lost":
+        if outcome == b"lost":  # the files lie unseen in the job's folder, deleted with it
             raise LeaseLost(lease.job_id, lease.owner)
 
     def get(self, job_id: str) -> JobRecord:
@@ -174,10 +241,59 @@ class JobStore:
         A job's own rows also update its record's progress with their latest values. Values
         that are not finite (a diverged loss) are kept as None, since JSON has no NaN.
         """
-        row = json.dumps(_metric_row(metrics))
-        if trial is None and not self._merge_progress(args=[job_id, row]):
+        self.write_outside_run(job_id, [Metrics(metrics, trial=trial)])
+
+    def write_outside_run(self, job_id: str, messages: list[Message]) -> None:
+        """Store messages for a job without a lease (imports, fixtures, tools), all or none;
+        raises JobNotFound for a job that does not exist (or no longer does)."""
+        writes, files = self._prepared(job_id, messages, drop_bad=False)
+        if writes and self._write_artifacts(args=[job_id, *writes]) == b"missing":
+            self._forget_files(files)
             raise JobNotFound(job_id)
-        self.redis.rpush(self.keys.metrics(job_id, trial), row)
+
+    def _prepared(
+        self, job_id: str, messages: list[Message], drop_bad: bool
+    ) -> tuple[list[str | bytes], list[str]]:
+        """The script arguments that store these messages, and the image files written for
+        them (before the script runs, so that an index entry always points at a whole file).
+
+        `drop_bad`: a message the store refuses (a bad name or value) becomes a log line that
+        says so, and the rest still lands; otherwise its ValueError is raised.
+        """
+        writes: list[str | bytes] = []
+        files: list[str] = []
+        for message in messages:
+            try:
+                write = _run_write(message)
+            except Exception as exc:
+                if not drop_bad:
+                    raise
+                write = ("log", "", f"dropped a message ({type(message).__name__}): {exc}", "")
+            if isinstance(message, Image) and write is not None and write[0] == "image":
+                # Outside the try: storage that cannot be written now is retried, not dropped.
+                entry = self.stored_image(job_id, message)
+                files.append(entry.path)
+                write = ("image", write[1], write[2], entry.to_json())
+            if write is not None:
+                writes.extend(write)
+        return writes, files
+
+    def stored_image(self, job_id: str, image: Image) -> StoredImage:
+        """Put an image's PNG into the runs' storage; returns its index entry."""
+        if self.storage is None:
+            raise NoStorage("images are kept in the runs' storage, and none was given")
+        digest = hashlib.sha256(image.png).hexdigest()
+        # The digest in the name: a file, once an entry points at it, never changes.
+        path = image_path(job_id, image.trial, image.name, image.epoch, digest)
+        stored = self.storage.write(path, image.png)
+        return StoredImage(image.name, image.epoch, image.trial, path, stored.size, stored.sha256)
+
+    def _forget_files(self, paths: list[str]) -> None:
+        """Remove what a refused write put into the folder of a job that is gone (deleted):
+        nothing would ever find it there."""
+        if self.storage is not None:
+            for path in paths:
+                self.storage.remove(path)
 
     def metrics(self, job_id: str, trial: str | None = None) -> list[dict[str, Any]]:
         return [
@@ -187,9 +303,7 @@ class JobStore:
     def put_image(
         self, job_id: str, name: str, epoch: int, png: bytes, trial: str | None = None
     ) -> None:
-        if not png.startswith(PNG_SIGNATURE):
-            raise ValueError(f"image {name!r}: must be PNG bytes, got {png[:8]!r}...")
-        self.redis.hset(self.keys.images(job_id, trial), _image_field(name, epoch), png)
+        self.write_outside_run(job_id, [Image(name, epoch, png, trial=trial)])
 
     def list_images(self, job_id: str, trial: str | None = None) -> list[ImageRef]:
         fields = self.redis.hkeys(self.keys.images(job_id, trial))
@@ -197,18 +311,22 @@ class JobStore:
         return sorted(ImageRef(name, int(epoch)) for name, _, epoch in refs)
 
     def get_image(self, job_id: str, name: str, epoch: int, trial: str | None = None) -> bytes:
-        png = self.redis.hget(self.keys.images(job_id, trial), _image_field(name, epoch))
-        if png is None:
+        """The PNG, from storage (raises ImageUnreadable when its file is missing or damaged),
+        or from Redis itself for an image stored before images moved out of it."""
+        value = self.redis.hget(self.keys.images(job_id, trial), _image_field(name, epoch))
+        if value is None:
             raise ImageNotFound(f"job {job_id}: no image {name!r} for epoch {epoch}")
-        return png
+        if value.startswith(PNG_SIGNATURE):
+            return value
+        entry = StoredImage.from_json(value)
+        if self.storage is None:
+            raise NoStorage(f"{entry.path}: images are kept in the runs' storage, none given")
+        return self.storage.read(StoredFile(entry.path, entry.bytes, entry.sha256))
 
     def append_log(self, job_id: str, line: str) -> None:
-        """Keeps the last LOG_LINES_KEPT lines, and counts every line ever appended."""
-        pipe = self.redis.pipeline()
-        pipe.rpush(self.keys.logs(job_id), line)
-        pipe.ltrim(self.keys.logs(job_id), -LOG_LINES_KEPT, -1)
-        pipe.incr(self.keys.log_count(job_id))
-        pipe.execute()
+        """Keeps the newest lines within LOG_LINES_KEPT and LOG_BYTES_KEPT, and counts every
+        line ever appended."""
+        self.write_outside_run(job_id, [Log(line)])
 
     def logs(self, job_id: str, tail: int = 200) -> list[str]:
         return [raw.decode() for raw in self.redis.lrange(self.keys.logs(job_id), -tail, -1)]
@@ -222,8 +340,7 @@ class JobStore:
         return [raw.decode() for raw in self._logs_since(args=[job_id, seen])]
 
     def add_checkpoint(self, job_id: str, epoch: int, uri: str, trial: str | None = None) -> None:
-        entry = {"epoch": epoch, "uri": uri, "trial": trial and check_trial_id(trial)}
-        self.redis.rpush(self.keys.checkpoints(job_id), json.dumps(entry))
+        self.write_outside_run(job_id, [CheckpointMessage(epoch, uri, trial=trial)])
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Oldest first, so a resume takes the last one of its trial."""
@@ -232,7 +349,7 @@ class JobStore:
 
     def put_trial(self, job_id: str, trial_id: str, info: dict[str, Any]) -> None:
         """A sweep trial's config, status, metric value, stop reason and iterations."""
-        self.redis.hset(self.keys.trials(job_id), check_trial_id(trial_id), json.dumps(info))
+        self.write_outside_run(job_id, [TrialUpdate(check_trial_id(trial_id), info)])
 
     def trials(self, job_id: str) -> list[dict[str, Any]]:
         """Each trial's info with its `trial_id`, ordered by trial id."""
@@ -257,11 +374,28 @@ class JobStore:
         pairs = zip(reply[::2], reply[1::2], strict=True)
         return [{**json.loads(raw), "dispatcher": worker.decode()} for worker, raw in pairs]
 
+    def memory(self) -> RedisMemory:
+        info = self.redis.info("memory")
+        return RedisMemory(int(info["used_memory"]), int(info.get("maxmemory", 0)))
+
     def cluster_status(self) -> dict[str, Any] | None:
         """Every live dispatcher's status as one (see `merge_dispatcher_statuses`), or None
         when no dispatcher is alive."""
         statuses = self.dispatcher_statuses()
         return merge_dispatcher_statuses(statuses) if statuses else None
+
+    def job_ids(self, status: JobStatus | None = None) -> list[str]:
+        """Every job's id (of one status), oldest first."""
+        index = self.keys.all_jobs if status is None else self.keys.status_index(status)
+        return [raw.decode() for raw in self.redis.zrange(index, 0, -1)]
+
+    def trial_ids(self, job_id: str) -> list[str]:
+        """A sweep's trials: those in its trials hash and those that only wrote artifacts."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hkeys(self.keys.trials(job_id))
+        pipe.smembers(self.keys.artifact_trials(job_id))
+        listed, with_artifacts = pipe.execute()
+        return sorted({raw.decode() for raw in (*listed, *with_artifacts)})
 
 
 def merge_dispatcher_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -283,6 +417,12 @@ def merge_dispatcher_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
         "waiting": newest.get("waiting", []),
         "demand": max(demands, key=lambda demand: demand["sent_at"], default=None),
         "max_cluster": newest.get("max_cluster", ""),
+        # The earliest any live dispatcher saw a write refused for memory and not yet again
+        # accepted; None while Redis takes writes.
+        "redis_full_since": min(
+            (status["redis_full_since"] for status in statuses if status.get("redis_full_since")),
+            default=None,
+        ),
         "dispatchers": [
             {
                 "dispatcher": status["dispatcher"],

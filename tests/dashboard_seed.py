@@ -164,10 +164,12 @@ def seed_cluster(
     jobs_by_dispatcher: dict[str, list[str]],
     waiting: dict[str, str] | None = None,
     demand: Demand | None = None,
+    redis_full_since: float | None = None,
 ) -> None:
     """One status per dispatcher (dispatcher id -> the jobs it runs), shaped as
     cluster/dispatcher.py publishes them: each sees the same three nodes, runs its jobs on the
-    head and sees the same `waiting` jobs (id -> reason); `demand` is the one each last sent."""
+    head and sees the same `waiting` jobs (id -> reason); `demand` is the one each last sent;
+    `redis_full_since`, when each saw Redis refuse a write for memory."""
     for dispatcher_id, job_ids in jobs_by_dispatcher.items():
         status = {
             "dispatcher": dispatcher_id,
@@ -187,6 +189,7 @@ def seed_cluster(
             ],
             "demand": None if demand is None else demand.as_json(),
             "max_cluster": "gpus=8",
+            "redis_full_since": redis_full_since,
         }  # fmt: skip
         # A seeded dispatcher never publishes again: it must outlive a slow test module.
         store.put_dispatcher_status(dispatcher_id, status, ttl_seconds=3600)

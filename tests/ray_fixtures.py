@@ -20,6 +20,7 @@ import ray
 
 from jobs.queue import JobQueue
 from jobs.records import JobRecord, JobStatus
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.store import JobStore
 
@@ -96,7 +97,8 @@ def stack_settings(tmp_path: Path, redis_url: str, prefix: str) -> Settings:
 def stack(tmp_path: Path, redis_client: Any, redis_server: Any, local_ray: str) -> Stack:
     prefix = f"t{os.getpid()}x{time.monotonic_ns() % 10**9}"
     settings = stack_settings(tmp_path, redis_server.url, prefix)
-    return Stack(JobQueue(redis_client, prefix), JobStore(redis_client, prefix), settings)
+    store = JobStore(redis_client, prefix, RunStorage(settings.storage))
+    return Stack(JobQueue(redis_client, prefix), store, settings)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from PIL import Image
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.queue import JobQueue
 from jobs.records import JobStatus, Lease
+from jobs.run_storage import RunStorage
 from jobs.scheduling import Demand
 from jobs.spec import JobSpec, load_spec_text
 from jobs.store import JobStore
@@ -128,8 +129,10 @@ def genfleet(tmp_path: Path, redis_server: RedisProcess, redis_client: redis.Red
         "GENFLEET_PREFIX": prefix,
         "GENFLEET_HOME": str(tmp_path / "home"),
         "GENFLEET_DATA_DIR": str(tmp_path / "data"),
+        "GENFLEET_STORAGE": str(tmp_path / "storage"),
     }
-    return Cli(env, JobQueue(redis_client, prefix), JobStore(redis_client, prefix), tmp_path)
+    store = JobStore(redis_client, prefix, RunStorage(env["GENFLEET_STORAGE"]))
+    return Cli(env, JobQueue(redis_client, prefix), store, tmp_path)
 
 
 # -- validate and schema ---------------------------------------------------------------------
@@ -365,8 +368,8 @@ def publish_waiting(genfleet: Cli, job_id: str, reason: str) -> None:
 
 
 def test_status_without_a_job_lists_the_waiting_jobs_and_the_demand_sent(genfleet: Cli) -> None:
-    assert genfleet("status").stdout == (
-        "no dispatcher has reported; start one with `genfleet worker`\n"
+    assert genfleet("status").stdout.splitlines()[0] == (
+        "no dispatcher has reported; start one with `genfleet worker`"
     )
     job_id = genfleet.seed()
     reason = "waiting for nodes: needs 2 GPUs; the cluster has 0 GPUs"
@@ -382,10 +385,24 @@ def test_status_without_a_job_lists_the_waiting_jobs_and_the_demand_sent(genflee
         r"\(\d+ s ago, by d-1\)",
         lines[3],
     )
-    assert lines[4:] == ["  2 x {CPU: 1, GPU: 1}"]
+    assert lines[4] == "  2 x {CPU: 1, GPU: 1}"
+    assert re.fullmatch(r"redis memory: [\d.]+ (B|KiB|MiB) (\(no maxmemory\)|of .*)", lines[5])
     body = json.loads(genfleet("status", "--json").stdout)
     assert body["waiting"] == [{"job_id": job_id, "reason": reason}]
     assert body["demand"]["job_ids"] == [job_id]
+    assert body["redis_memory"]["used"] > 0
+
+
+def test_status_says_redis_is_full_and_how_to_free_space(genfleet: Cli) -> None:
+    job_id = genfleet.seed()
+    publish_waiting(genfleet, job_id, "waiting for nodes")
+    status = {**genfleet.store.dispatcher_statuses()[0], "redis_full_since": time.time() - 60}
+    genfleet.store.put_dispatcher_status("d-1", status, ttl_seconds=30)
+
+    first = genfleet("status").stdout.splitlines()[0]
+
+    assert first.startswith("Redis is full since ")
+    assert "genfleet gc --finished-before 30d" in first and "GENFLEET_REDIS_MAXMEMORY" in first
 
 
 def test_status_of_a_waiting_job_says_why_and_what_was_asked_for_it(genfleet: Cli) -> None:
@@ -552,6 +569,22 @@ def test_samples_writes_every_grid_as_a_png_file(genfleet: Cli) -> None:
     assert (result.returncode, result.stdout) == (0, f"wrote 3 PNG file(s) to {out}\n")
     written = {path.name: path.read_bytes() for path in out.iterdir()}
     assert written == {f"{name}-epoch{epoch:03d}.png": png for (name, epoch), png in grids.items()}
+
+
+def test_samples_writes_what_it_can_read_and_names_each_file_it_cannot(genfleet: Cli) -> None:
+    job_id = genfleet.seed_running()
+    for epoch in (1, 2):
+        genfleet.store.put_image(job_id, "samples", epoch, _png(epoch * 50))
+    [lost] = (genfleet.tmp_path / "storage" / job_id / "images").rglob("samples-000001-*.png")
+    lost.unlink()
+    out = genfleet.tmp_path / "grids"
+
+    result = genfleet("samples", job_id, "--out", out)
+
+    assert (result.returncode, result.stdout) == (1, f"wrote 1 PNG file(s) to {out}\n")
+    assert result.stderr.startswith(f"not written: {genfleet.tmp_path / 'storage'}/{job_id}/")
+    assert "cannot be read" in result.stderr
+    assert [path.name for path in out.iterdir()] == ["samples-epoch002.png"]
 
 
 # -- Redis unreachable -----------------------------------------------------------------------

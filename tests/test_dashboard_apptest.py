@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from dashboard.launch import UnsafeBindError, launch_dashboard, run_dashboard
 from dashboard.spec_builder import parse_range, tunable_paths
 from jobs.queue import JobQueue
 from jobs.recipes import RECIPES
-from jobs.records import JobStatus
+from jobs.records import JobNotFound, JobStatus
+from jobs.run_storage import RunStorage
 from jobs.scheduling import Demand
 from jobs.store import JobStore
 from tests import dashboard_seed as seed
@@ -40,8 +42,12 @@ def jobs_api(
     monkeypatch.setenv("GENFLEET_REDIS_URL", redis_server.url)
     monkeypatch.setenv("GENFLEET_PREFIX", PREFIX)
     monkeypatch.setenv("GENFLEET_HOME", str(tmp_path))
+    monkeypatch.setenv("GENFLEET_STORAGE", str(tmp_path / "storage"))
     monkeypatch.delenv("GENFLEET_DASHBOARD_PASSWORD", raising=False)
-    yield JobQueue(redis_client, PREFIX), JobStore(redis_client, PREFIX)
+    yield (
+        JobQueue(redis_client, PREFIX),
+        JobStore(redis_client, PREFIX, RunStorage(str(tmp_path / "storage"))),
+    )
 
 
 def open_page(page: str | None = None, **query: str) -> AppTest:
@@ -280,6 +286,50 @@ def test_jobs_page_shows_why_a_queued_job_waits(jobs_api):
     assert app.dataframe[0].value["why waiting"].tolist() == ["needs 4 GPUs, 2 free, 3 jobs ahead"]
 
 
+def test_jobs_page_deletes_the_selected_finished_jobs_once_the_delete_is_confirmed(
+    jobs_api, tmp_path
+):
+    queue, store = jobs_api
+    first = seed.seed_trained_job(queue, store, "first")
+    second = seed.seed_trained_job(queue, store, "second")
+    [kept] = seed.seed_queued_jobs(queue, 1)
+    app = open_page()
+    app.multiselect(key="jobs.selected").select(first).select(second).run()
+    click(app, "Delete selected")
+    asked = f"Delete `{first}` (first), `{second}` (second) with their metrics"
+    assert asked in texts(app.warning)
+    assert store.get(first).status is JobStatus.SUCCEEDED  # asking deletes nothing
+
+    app.button(key="jobs.delete.confirm").click().run()
+
+    for job_id in (first, second):
+        with pytest.raises(JobNotFound):
+            store.get(job_id)
+        assert not (tmp_path / "storage" / job_id).exists()
+        assert f"Deleted job {job_id}; removed `{job_id}` from the runs' storage." in texts(
+            app.success
+        )
+    assert app.dataframe[0].value["id"].str.removeprefix("job?job=").tolist() == [kept]
+
+
+def test_jobs_page_refuses_a_selection_with_a_running_job_and_deletes_none_of_it(
+    jobs_api, tmp_path
+):
+    queue, store = jobs_api
+    finished = seed.seed_trained_job(queue, store, "finished")
+    running = seed.seed_trained_job(queue, store, "running", finish=False)
+    app = open_page()
+    app.multiselect(key="jobs.selected").select(finished).select(running).run()
+    click(app, "Delete selected")
+    app.button(key="jobs.delete.confirm").click().run()
+
+    assert f"Nothing deleted: job {running} is running: cancel it first" in texts(app.error)
+    assert store.get(finished).status is JobStatus.SUCCEEDED
+    assert store.get(running).status is JobStatus.RUNNING
+    assert (tmp_path / "storage" / finished).is_dir()
+    assert len(app.dataframe[0].value) == 2
+
+
 # Job
 
 
@@ -360,6 +410,70 @@ def test_job_page_for_a_trial_reads_that_trials_metrics_and_images(jobs_api):
 def test_job_page_says_when_the_job_does_not_exist(jobs_api):
     app = open_page("views/job.py", job="nosuchjob")
     assert "No job `nosuchjob`." in texts(app.error)
+
+
+def test_job_page_deletes_a_finished_job_only_once_the_delete_is_confirmed(jobs_api, tmp_path):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store)
+    app = open_page("views/job.py", job=job_id)
+    click(app, "Delete job")
+    assert "This cannot be undone." in texts(app.warning)
+    app.button(key=f"job.delete.{job_id}.keep").click().run()
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    assert "This cannot be undone." not in texts(app.warning)
+    assert (tmp_path / "storage" / job_id).is_dir()
+
+    click(app, "Delete job")
+    app.button(key=f"job.delete.{job_id}.confirm").click().run()
+
+    with pytest.raises(JobNotFound):
+        store.get(job_id)
+    assert not (tmp_path / "storage" / job_id).exists()
+    assert app.title[0].value == "Jobs"  # back on the Jobs page, which says what went
+    assert f"Deleted job {job_id}; removed `{job_id}` from the runs' storage." in texts(app.success)
+
+
+def test_job_page_offers_no_delete_for_a_running_job_and_says_to_cancel_it_first(jobs_api):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store, finish=False)
+    app = open_page("views/job.py", job=job_id)
+    assert "To delete this job, cancel it first: it is running." in texts(app.caption)
+    assert all(button.label != "Delete job" for button in app.button)
+
+
+def stored_image(storage: Path, job_id: str, name: str, epoch: int) -> Path:
+    [path] = (storage / job_id / "images" / "job").glob(f"{name}-{epoch:06d}-*.png")
+    return path
+
+
+def test_job_page_shows_a_missing_image_file_as_a_warning_naming_it_and_draws_the_rest(
+    jobs_api, tmp_path
+):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store)
+    missing = stored_image(tmp_path / "storage", job_id, "samples", 2)
+    missing.unlink()
+    app = open_page("views/job.py", job=job_id)
+
+    [warning] = [element.value for element in app.warning]
+    assert warning.startswith("samples, epoch 2: ") and missing.name in warning
+    captions = [image.proto.imgs[0].caption for image in app.image]
+    assert len(captions) == 1 + 2 and "Epoch 3." in captions[0]
+    assert captions[1:] == ["epoch 1", "epoch 3"]
+    assert len(app.get("download_button")) == 1
+
+
+def test_job_page_shows_a_damaged_latest_grid_as_a_warning_without_its_download(jobs_api, tmp_path):
+    queue, store = jobs_api
+    job_id = seed.seed_trained_job(queue, store)
+    stored_image(tmp_path / "storage", job_id, "samples", 3).write_bytes(b"not the png")
+    app = open_page("views/job.py", job=job_id)
+
+    warnings = texts(app.warning)
+    assert warnings.count("samples, epoch 3: ") == 2  # the chosen grid and its thumbnail
+    assert "damaged (11 bytes, the index recorded" in warnings
+    assert [image.proto.imgs[0].caption for image in app.image] == ["epoch 1", "epoch 2"]
+    assert app.get("download_button") == []
 
 
 # Sweep
@@ -498,6 +612,69 @@ def test_cluster_page_says_when_no_job_waits_and_nothing_was_asked(jobs_api):
     captions = texts(open_page("views/cluster.py").caption)
     assert "No job waits." in captions
     assert "Nothing sent yet." in captions
+
+
+def test_cluster_page_shows_redis_memory_against_its_maxmemory(jobs_api, redis_client):
+    redis_client.config_set("maxmemory", 2**30)
+    try:
+        app = open_page("views/cluster.py")
+    finally:
+        redis_client.config_set("maxmemory", 0)  # the server is shared by the whole session
+    [memory] = app.get("progress")
+    assert re.fullmatch(r"Redis memory: [\d.]+ (KiB|MiB) of 1 GiB", memory.text), memory.text
+    assert app.error == []
+
+
+FULL_ADVICE = (
+    "writes are refused; runs keep their messages buffered and resume when space is freed. "
+    "Free space with `genfleet gc --finished-before 30d` or raise GENFLEET_REDIS_MAXMEMORY."
+)
+
+
+def test_cluster_page_says_redis_is_full_since_a_dispatcher_saw_a_write_refused(jobs_api):
+    _, store = jobs_api
+    full_since = time.time() - 150
+    seed.seed_cluster(store, {"dispatcher-1": []}, redis_full_since=full_since)
+    app = open_page("views/cluster.py")
+    stamp = datetime.fromtimestamp(full_since).strftime("%Y-%m-%d %H:%M:%S")
+    assert texts(app.error) == f"Redis is full since {stamp} (2 min ago): {FULL_ADVICE}"
+
+
+def test_cluster_page_says_redis_is_full_when_it_is_before_any_dispatcher_reports(
+    jobs_api, redis_client
+):
+    redis_client.config_set("maxmemory", 2**16)  # below what an empty Redis holds
+    try:
+        app = open_page("views/cluster.py")
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    assert texts(app.error) == f"Redis is full: {FULL_ADVICE}"
+    assert app.get("progress")[0].value == 100
+    assert "No dispatcher has reported." in texts(app.warning)
+
+
+def test_cluster_page_shows_no_redis_memory_where_an_acl_refuses_info(
+    jobs_api, redis_server, redis_client, monkeypatch
+):
+    user = "dashboard-without-info"
+    redis_client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+not-info"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-info"],
+    )
+    monkeypatch.setenv(
+        "GENFLEET_REDIS_URL", f"redis://{user}:not-info@127.0.0.1:{redis_server.port}/0"
+    )
+    try:
+        app = open_page("views/cluster.py")
+    finally:
+        redis_client.acl_deluser(user)
+    assert app.get("progress") == []
+    assert "Redis memory" not in texts(app.caption)
+    assert "No dispatcher has reported." in texts(app.warning)
 
 
 def test_jobs_page_says_what_was_asked_of_the_autoscaler_for_the_waiting_jobs(jobs_api):

@@ -18,6 +18,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from dashboard.launch import launch_dashboard
 from jobs.queue import JobQueue
+from jobs.records import JobNotFound
+from jobs.run_storage import RunStorage
 from jobs.store import JobStore
 from tests import dashboard_seed as seed
 from tests.redis_fixtures import RedisProcess, free_port
@@ -43,11 +45,13 @@ PASSWORD = "correct horse battery"
 class Seeded:
     """What the module's dashboard shows: a trained job, a sweep, a cluster report."""
 
-    def __init__(self, redis_server: RedisProcess) -> None:
+    def __init__(self, redis_server: RedisProcess, storage: Path) -> None:
         client = redis_server.client()
         for key in client.scan_iter(f"{PREFIX}:*"):
             client.delete(key)
-        self.queue, self.store = JobQueue(client, PREFIX), JobStore(client, PREFIX)
+        self.storage = storage  # where the images lie, for every dashboard the module serves
+        self.queue = JobQueue(client, PREFIX)
+        self.store = JobStore(client, PREFIX, RunStorage(str(storage)))
         self.trained = seed.seed_trained_job(
             self.queue, self.store, epochs=5, image_names=("samples", "completions")
         )
@@ -58,14 +62,20 @@ class Seeded:
 
 
 @pytest.fixture(scope="module")
-def seeded(redis_server: RedisProcess) -> Seeded:
-    return Seeded(redis_server)
+def seeded(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return Seeded(redis_server, tmp_path_factory.mktemp("storage"))
 
 
 @contextmanager
-def serve(redis_server: RedisProcess, home: Path, password: str | None) -> Iterator[str]:
+def serve(
+    redis_server: RedisProcess, seeded: Seeded, home: Path, password: str | None
+) -> Iterator[str]:
     port = free_port()
-    env = {"GENFLEET_REDIS_URL": redis_server.url, "GENFLEET_PREFIX": PREFIX}
+    env = {
+        "GENFLEET_REDIS_URL": redis_server.url,
+        "GENFLEET_PREFIX": PREFIX,
+        "GENFLEET_STORAGE": str(seeded.storage),
+    }
     process = launch_dashboard("127.0.0.1", port, password, {**env, "GENFLEET_HOME": str(home)})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -91,7 +101,7 @@ def serve(redis_server: RedisProcess, home: Path, password: str | None) -> Itera
 def dashboard(
     redis_server: RedisProcess, seeded: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    with serve(redis_server, tmp_path_factory.mktemp("home"), password=None) as base:
+    with serve(redis_server, seeded, tmp_path_factory.mktemp("home"), password=None) as base:
         yield base
 
 
@@ -185,6 +195,48 @@ def test_job_page_draws_the_chart_and_loads_every_gallery_image(
     screenshot(page, "job")
 
 
+# Every image of the open tab decoded with pixels; a broken <img> has naturalWidth 0.
+ALL_IMAGES_LOADED = """expected => {
+    const images = [...document.querySelectorAll('[data-testid="stImage"] img')]
+        .filter(image => image.checkVisibility());
+    return images.length === expected
+        && images.every(image => image.complete && image.naturalWidth > 0);
+}"""
+
+
+def test_job_page_gallery_read_from_the_runs_storage_loads_every_image_of_every_tab(
+    dashboard: str, seeded: Seeded, page: Page
+) -> None:
+    stored = sorted(path.name for path in (seeded.storage / seeded.trained).rglob("*.png"))
+    assert len(stored) == 2 * 5  # samples and completions, 5 epochs each: none lies in Redis
+    page.goto(f"{dashboard}/job?job={seeded.trained}")
+    for tab in ("samples", "completions"):
+        page.get_by_role("tab", name=tab).click()
+        # The chosen epoch, then a strip of the 5 epochs; bounded: a loaded CI machine is slow.
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=1 + 5, timeout=60_000)
+    assert page.get_by_test_id("stAlertContentWarning").count() == 0
+
+
+def test_job_page_deletes_a_finished_job_after_its_confirmation(
+    dashboard: str, seeded: Seeded, page: Page
+) -> None:
+    job_id = seeded.queue.submit(seed.spec("browser-delete"))  # this test's own job
+    seeded.queue.cancel(job_id)
+    seeded.store.put_image(job_id, "samples", 1, seed.sample_grid_png(1))
+    page.goto(f"{dashboard}/job?job={job_id}")
+    page.get_by_role("button", name="Delete job").click()
+    expect(page.get_by_text("This cannot be undone.")).to_be_visible()
+    assert seeded.store.get(job_id).name == "browser-delete"  # asking deleted nothing
+    page.get_by_role("button", name="Delete", exact=True).click()
+
+    expect(page.get_by_text(f"Deleted job {job_id}; removed")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/$"))  # the Jobs page
+    with pytest.raises(JobNotFound):
+        seeded.store.get(job_id)
+    assert not (seeded.storage / job_id).exists()
+    settle(page)
+
+
 def test_live_refresh_keeps_the_users_filter_and_selection(
     dashboard: str, seeded: Seeded, page: Page
 ) -> None:
@@ -227,7 +279,7 @@ def test_screenshots_of_every_page(dashboard: str, seeded: Seeded, page: Page) -
 def test_with_a_password_only_the_login_form_shows_until_it_is_given(
     redis_server: RedisProcess, seeded: Seeded, page: Page, tmp_path: Path
 ) -> None:
-    with serve(redis_server, tmp_path, password=PASSWORD) as base:
+    with serve(redis_server, seeded, tmp_path, password=PASSWORD) as base:
         page.goto(f"{base}/job?job={seeded.trained}")
         password = page.get_by_label("Password", exact=True)
         expect(password).to_be_visible()

@@ -137,8 +137,10 @@ def eventually(check: Callable[[], bool], seconds: float) -> bool:
 
 
 def writes_storage(service: Mapping[str, Any]) -> bool:
-    """Ray nodes write checkpoints; the dispatcher hands their paths to the cluster."""
-    return service["command"][0] == "ray" or service["command"][:2] == ["genfleet", "worker"]
+    """Ray nodes write checkpoints; the dispatcher writes image grids and hands checkpoint paths
+    to the cluster; the dashboard reads the grids and deletes jobs' folders."""
+    command = service["command"]
+    return command[0] == "ray" or command[:2] in (["genfleet", "worker"], ["genfleet", "dashboard"])
 
 
 def without_ray_auth(environment: Mapping[str, str]) -> dict[str, str]:
@@ -254,7 +256,9 @@ def test_genfleet_variables_the_services_set_are_documented_settings(stack):
 
 
 @pytest.mark.parametrize("stack", list(STACKS))
-def test_every_ray_node_and_the_dispatcher_share_storage_and_data_at_the_same_paths(stack):
+def test_every_ray_node_the_dispatcher_and_the_dashboard_share_storage_and_data_at_the_same_paths(
+    stack,
+):
     mounts = {}
     for name, service in services(stack).items():
         if service.get("deploy", {}).get("replicas") == 0:
@@ -360,12 +364,21 @@ def test_redis_service_keeps_every_job_and_requires_its_password(tmp_path):
             redis_url.replace("@redis:6379/", f"@127.0.0.1:{port}/"), decode_responses=True
         )
         assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory") == {"maxmemory": str(1024**3)}  # 1gb by default
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         health = service["healthcheck"]["test"]
         assert health[0] == "CMD-SHELL"
         probe = ["sh", "-c", health[1].replace("redis-cli", f"{REDIS_BIN}/redis-cli -p {port}")]
         assert run(probe, env={**os.environ, **service["environment"]}).returncode == 0
         assert run(probe, env={**os.environ, "REDISCLI_AUTH": "wrong"}).returncode != 0
+
+
+def test_redis_service_takes_its_memory_cap_from_redis_maxmemory():
+    settings = {**SETTINGS, "REDIS_MAXMEMORY": "4gb"}
+    result = run_compose("one box", settings, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    command = json.loads(result.stdout)["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "4gb"
 
 
 def _refuses_without_password(client: redis.Redis) -> bool:

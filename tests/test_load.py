@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,11 +23,13 @@ from bench.stress_bench import SPEC, LoadRun, Target
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.redis_server import connect
+from jobs.run_storage import RunStorage
 from jobs.settings import MaxCluster
 from jobs.spec import validate_spec_dict
 from jobs.store import JobStore
 from tests.ray_fixtures import Stack, stack_settings
 from tests.redis_fixtures import RedisProcess
+from tests.test_artifacts import fill_up
 
 OUTAGE_SECONDS = 5.0
 EPOCHS = 12  # long enough that the run is still going when Redis comes back
@@ -128,7 +131,8 @@ def outage_stack(
     prefix = f"o{os.getpid()}x{time.monotonic_ns() % 10**9}"
     settings = stack_settings(tmp_path, server.url, prefix)
     client = connect(settings)
-    yield Stack(JobQueue(client, prefix), JobStore(client, prefix), settings), server
+    store = JobStore(client, prefix, RunStorage(settings.storage))
+    yield Stack(JobQueue(client, prefix), store, settings), server
     client.close()
 
 
@@ -176,6 +180,58 @@ def test_dispatcher_rides_out_a_redis_outage_mid_run(
     failed_ticks = [r for r in caplog.records if r.getMessage().startswith("dispatcher tick")]
     assert failed_ticks, "the outage never reached the dispatcher"
     assert all(isinstance(r.exc_info[1], redis.ConnectionError) for r in failed_ticks)
+
+
+@pytest.mark.ray
+def test_a_run_that_fills_redis_waits_and_completes_once_space_is_freed(
+    outage_stack: tuple[Stack, RedisProcess],
+) -> None:
+    """maxmemory reached mid-run: the dispatcher says Redis is full, claims nothing, keeps the
+    run's messages, and stores all of them and the final state once space is freed."""
+    from cluster.dispatcher import Dispatcher
+
+    stack, server = outage_stack
+    client = server.client()
+    dispatcher = Dispatcher(stack.queue, stack.store, stack.settings, poll_seconds=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    job_id = stack.queue.submit(validate_spec_dict(tiny_job()))
+    thread.start()
+    try:
+        stack.wait_for(job_id, lambda record: bool(stack.store.metrics(job_id)), timeout=180)
+        fill_up(client, f"{stack.settings.prefix}:filler")
+        full = wait_until(lambda: (stack.store.cluster_status() or {}).get("redis_full_since"))
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            stack.queue.submit(validate_spec_dict(tiny_job()))
+        time.sleep(OUTAGE_SECONDS)  # the run goes on; what it sends waits in its relay
+        held_back = len(stack.store.metrics(job_id))
+        client.delete(f"{stack.settings.prefix}:filler")
+        record = stack.wait_final(job_id, timeout=180)
+        cleared = wait_until(
+            lambda: (stack.store.cluster_status() or {}).get("redis_full_since") is None
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+    assert full and cleared
+    assert record.status == JobStatus.SUCCEEDED, record.last_error
+    assert record.attempts == 1 and record.interruptions == 0
+    assert held_back < EPOCHS  # the full Redis did hold the run's writes back
+    epochs = list(range(1, EPOCHS + 1))
+    assert [row["epoch"] for row in stack.store.metrics(job_id)] == epochs  # none lost
+    assert sorted({ref.epoch for ref in stack.store.list_images(job_id)}) == epochs
+    assert all(
+        stack.store.get_image(job_id, ref.name, ref.epoch)
+        for ref in stack.store.list_images(job_id)
+    )
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := condition()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
 
 
 @pytest.mark.ray

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,6 +25,7 @@ from jobs.records import (
     Lease,
     LeaseLost,
 )
+from jobs.run_storage import RunStorage
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 from tests.redis_fixtures import RedisProcess
@@ -94,8 +96,8 @@ def queue(redis_client: redis.Redis) -> JobQueue:
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> JobStore:
-    return JobStore(redis_client)
+def store(redis_client: redis.Redis, tmp_path: Path) -> JobStore:
+    return JobStore(redis_client, storage=RunStorage(str(tmp_path / "storage")))
 
 
 def test_claims_follow_priority_then_submit_order(queue: JobQueue) -> None:

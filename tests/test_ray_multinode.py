@@ -23,6 +23,7 @@ from cluster.dispatcher import Dispatcher
 from cluster.ray_runtime import on_the_head
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
+from jobs.run_storage import RunStorage
 from jobs.spec import validate_spec_dict
 from jobs.store import JobStore
 from tests.ray_fixtures import Stack, dispatcher_thread, stack_settings
@@ -73,7 +74,8 @@ def two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
 def cluster_stack(tmp_path: Path, redis_client: Any, redis_server: Any) -> Stack:
     prefix = f"mn{os.getpid()}x{time.monotonic_ns() % 10**9}"
     settings = stack_settings(tmp_path, redis_server.url, prefix)
-    return Stack(JobQueue(redis_client, prefix), JobStore(redis_client, prefix), settings)
+    store = JobStore(redis_client, prefix, RunStorage(settings.storage))
+    return Stack(JobQueue(redis_client, prefix), store, settings)
 
 
 @pytest.fixture

@@ -126,16 +126,15 @@ def test_server_refuses_clients_without_the_password(home: Path) -> None:
 def test_server_binds_loopback_only_and_persists_every_write(home: Path) -> None:
     client = redis.Redis.from_url(ensure_embedded(home))
 
-    config = {
-        name: client.config_get(name)[name]
-        for name in ("bind", "protected-mode", "appendonly", "appendfsync", "maxmemory-policy")
-    }
+    names = ("bind", "protected-mode", "appendonly", "appendfsync", "maxmemory", "maxmemory-policy")
+    config = {name: client.config_get(name)[name] for name in names}
 
     assert config == {
         "bind": "127.0.0.1",
         "protected-mode": "yes",
         "appendonly": "yes",
         "appendfsync": "everysec",
+        "maxmemory": "1073741824",  # 1gb
         "maxmemory-policy": "noeviction",
     }
     port = client.connection_pool.connection_kwargs["port"]
@@ -296,6 +295,21 @@ def test_connect_starts_embedded_server_when_no_url_is_set(
     assert client.get("genfleet:bytes") == b"\x89PNG"  # raw bytes: decode_responses=False
     port = client.connection_pool.connection_kwargs["port"]
     assert describe_url(client) == f"redis://127.0.0.1:{port}/0 (password set)"
+
+
+def test_embedded_server_is_capped_at_genfleet_redis_maxmemory_also_when_restarted(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENFLEET_REDIS_MAXMEMORY", "64mb")
+    client = connect(settings_for(monkeypatch, home, url=None))
+    assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
+    dead_pid = server_pid(home)
+    os.kill(dead_pid, signal.SIGKILL)
+    wait_until_exited(dead_pid)
+
+    # The client's reconnect starts the server again, with the cap it was given.
+    assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
+    assert server_pid(home) != dead_pid
 
 
 def test_connect_warns_about_a_remote_redis_without_password_or_tls(

@@ -35,6 +35,7 @@ from jobs.model_params import PARAMS_BY_MODEL
 from jobs.queue import Backoff, JobQueue
 from jobs.records import JobStatus
 from jobs.redis_server import connect
+from jobs.run_storage import RunStorage
 from jobs.settings import Settings
 from jobs.spec import DATASETS, JobSpec, load_spec_text, validate_spec_dict
 from jobs.spec_errors import SpecError
@@ -69,6 +70,8 @@ def stored_values(client: redis.Redis, prefix: str) -> Iterator[tuple[str, str, 
                 yield key, name.decode(), value
         elif kind == "zset":
             yield from ((key, "member", member) for member in client.zrange(raw_key, 0, -1))
+        elif kind == "set":
+            yield from ((key, "member", member) for member in client.smembers(raw_key))
         else:
             raise AssertionError(f"{key}: genfleet writes no Redis {kind}")
 
@@ -107,7 +110,8 @@ def holds_json_object(family: str, where: str) -> bool:
     return family in JSON_FAMILIES and where != "field name"
 
 
-JSON_FAMILIES = ("events", "metrics", "checkpoints", "trials", "dispatcher")
+# Images too: Redis holds each one's index entry, its PNG lies in the runs' storage.
+JSON_FAMILIES = ("events", "metrics", "images", "checkpoints", "trials", "dispatcher")
 
 
 def test_the_format_check_catches_a_pickled_value(redis_client: redis.Redis) -> None:
@@ -125,11 +129,11 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
+def run_job_lifecycle(client: redis.Redis, prefix: str, storage: Path) -> None:
     """Submit, claim, progress (through the dispatcher's fenced run writer), a retry, a sweep's
     trials, cancel, reject, complete, listings: every kind of write genfleet makes."""
     queue = JobQueue(client, prefix, backoff=Backoff(base_seconds=0.01, cap_seconds=0.01))
-    store = JobStore(client, prefix)
+    store = JobStore(client, prefix, RunStorage(str(storage)))
     sweep_id = queue.submit(
         spec_of(kind="sweep", sweep={"space": {"train.lr": {"choice": [0.01, 0.1]}}}),
         idempotency_key="dashboard-f00d",
@@ -192,13 +196,12 @@ def run_job_lifecycle(client: redis.Redis, prefix: str) -> None:
 
 
 def test_every_value_a_job_lifecycle_writes_is_json_text_or_png(
-    redis_client: redis.Redis,
+    redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    run_job_lifecycle(redis_client, "sec")
+    run_job_lifecycle(redis_client, "sec", tmp_path)
 
     found = formats_by_family(redis_client, "sec")
 
-    assert found["images"] == {"png", "text"}  # PNG values under "<name>:<epoch>" field names
     for family in JSON_FAMILIES:
         assert found[family] <= {"json", "text"}, family  # JSON values; text only in names
     assert set(found) >= {
@@ -229,9 +232,9 @@ def test_genfleet_works_as_the_least_privileged_redis_user_security_md_documents
     )
     client = connect(Settings.from_env())  # as the dispatcher, dashboard and CLI connect
 
-    run_job_lifecycle(client, "genfleet")
+    run_job_lifecycle(client, "genfleet", tmp_path / "storage")
 
-    assert formats_by_family(client, "genfleet")["images"] == {"png", "text"}
+    assert formats_by_family(client, "genfleet")["images"] == {"json", "text"}
     for refused in (
         ("CONFIG", "SET", "dir", "/tmp"),  # the classic way to make Redis write a file
         ("FLUSHALL",),

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -26,6 +27,7 @@ from jobs.messages import (
 )
 from jobs.queue import JobQueue
 from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
+from jobs.run_storage import RunStorage
 from jobs.scheduling import Demand
 from jobs.spec import JobSpec
 from jobs.store import Checkpoint, ImageNotFound, ImageRef, JobStore
@@ -79,8 +81,8 @@ def fleet(redis_server: RedisProcess) -> tuple[JobStore, list[Listed]]:
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> JobStore:
-    return JobStore(redis_client)
+def store(redis_client: redis.Redis, tmp_path: Path) -> JobStore:
+    return JobStore(redis_client, storage=RunStorage(str(tmp_path / "storage")))
 
 
 @pytest.fixture
@@ -540,6 +542,7 @@ def test_cluster_status_merges_the_running_jobs_of_every_live_dispatcher(store: 
         "waiting": [],
         "demand": None,
         "max_cluster": "",
+        "redis_full_since": None,
         "dispatchers": [
             {"dispatcher": "host-a", "updated_at": first["updated_at"], "running_job_count": 2},
             {"dispatcher": "host-b", "updated_at": second["updated_at"], "running_job_count": 2},

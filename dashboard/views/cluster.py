@@ -9,20 +9,31 @@ Every dispatcher (cluster/dispatcher.py, `genfleet worker`) publishes its own st
 This page shows `JobStore.cluster_status`, which merges them: nodes, resources and waiting jobs
 from the newest status, the running jobs of all, the demand sent last. A dispatcher that stops
 drops out when its status expires; when none is left, the page says so.
+
+Above them, what Redis holds against its `maxmemory`, and a banner while it refuses writes:
+since a dispatcher saw a write refused (`redis_full_since`), or while INFO says it is full.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import streamlit as st
+from redis.exceptions import NoPermissionError
 
 from dashboard import connection
 from dashboard.job_table import format_age
 from dashboard.links import job_url
 from dashboard.session import refresh_every
 from jobs.scheduling import Demand, WaitingJob, sent_demand
+from jobs.store import RedisMemory
+
+FULL_ADVICE = (
+    "writes are refused; runs keep their messages buffered and resume when space is freed. "
+    "Free space with `genfleet gc --finished-before 30d` or raise GENFLEET_REDIS_MAXMEMORY."
+)
 
 
 def jobs_by_node(running_jobs: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -111,6 +122,39 @@ def waiting_and_demand(status: dict[str, Any], now: float) -> None:
         st.dataframe(bundle_rows(demand), hide_index=True, width="stretch")
 
 
+def format_bytes(size: int) -> str:
+    """ "312 MiB", "1 GiB", "1.5 GiB": binary units, as Redis counts `maxmemory`."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def redis_memory() -> RedisMemory | None:
+    """None where an ACL refuses INFO: the page then shows no memory, not a traceback."""
+    try:
+        return connection.store().memory()
+    except NoPermissionError:
+        return None
+
+
+def memory_and_fullness(status: dict[str, Any] | None, now: float) -> None:
+    memory = redis_memory()
+    full_since = status.get("redis_full_since") if status else None
+    if full_since is not None:
+        stamp = datetime.fromtimestamp(full_since).strftime("%Y-%m-%d %H:%M:%S")
+        st.error(f"Redis is full since {stamp} ({_age(full_since, now)}): {FULL_ADVICE}")
+    elif memory is not None and memory.full:  # full before any dispatcher had a write refused
+        st.error(f"Redis is full: {FULL_ADVICE}")
+    if memory is None:
+        return
+    if memory.maxmemory:
+        used = f"Redis memory: {format_bytes(memory.used)} of {format_bytes(memory.maxmemory)}"
+        st.progress(min(memory.used / memory.maxmemory, 1.0), text=used)
+    else:
+        st.caption(f"Redis memory: {format_bytes(memory.used)}, no maxmemory set")
+
+
 def _age(updated_at: Any, now: float) -> str:
     return f"{format_age(now - updated_at)} ago" if isinstance(updated_at, int | float) else "?"
 
@@ -118,6 +162,8 @@ def _age(updated_at: Any, now: float) -> str:
 @st.fragment(run_every=refresh_every())
 def cluster_view() -> None:
     status = connection.store().cluster_status()
+    now = time.time()
+    memory_and_fullness(status, now)
     if status is None:
         st.warning(
             "No dispatcher has reported. Start one with `genfleet worker`; until one runs, "
@@ -133,7 +179,6 @@ def cluster_view() -> None:
             "running jobs": st.column_config.ListColumn("running jobs"),
         },
     )
-    now = time.time()
     waiting_and_demand(status, now)
     st.subheader("Dispatchers")
     st.dataframe(dispatcher_rows(status, now), hide_index=True, width="stretch")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import connection
 from dashboard.charts import AXES, curve_keys, curves_figure, preferred_curve_key
-from dashboard.images import DISPLAY_PX, epochs_by_name, resized_png
+from dashboard.images import DISPLAY_PX, epochs_by_name, sized_image
 from dashboard.job_table import latest_bits_per_dim
 from dashboard.session import refresh_every
 
@@ -97,14 +97,15 @@ def side_by_side(runs: list[str]) -> None:
     epoch = max(shared) if shared else epochs[name][-1]  # the latest epoch every run has
     if len(epochs[name]) > 1:
         epoch = epoch_column.select_slider("Epoch", epochs[name], value=epoch, key="compare.epoch")
-    source = connection.data_source()
     for column, run in zip(st.columns(len(runs)), runs, strict=True):
         job_id, trial = split_run(run)
-        if epoch in stored[run]:
-            png = resized_png(source, job_id, name, epoch, trial, DISPLAY_PX)
-            column.image(png, caption=f"{run} · {name} · epoch {epoch}")
-        else:
-            column.caption(f"{run}: no {name} at epoch {epoch}")
+        with column:
+            if epoch in stored[run]:
+                sized_image(
+                    job_id, trial, name, epoch, DISPLAY_PX, f"{run} · {name} · epoch {epoch}"
+                )
+            else:
+                st.caption(f"{run}: no {name} at epoch {epoch}")
 
 
 @st.fragment(run_every=refresh_every())

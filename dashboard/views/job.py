@@ -1,4 +1,5 @@
-"""Job page: one job or sweep trial (`?job=<id>[&trial=<t>]`): status, curves, images, logs."""
+"""Job page: one job or sweep trial (`?job=<id>[&trial=<t>]`): status, curves, images, logs,
+and, for a finished job, a delete that asks first."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 import streamlit as st
 import yaml
 
-from dashboard import connection
+from dashboard import connection, deleting
 from dashboard.charts import AXES, curve_keys, curves_figure, default_curve_keys
 from dashboard.images import gallery
 from dashboard.job_table import bits_per_dim, format_age, latest_bits_per_dim, progress_fraction
-from dashboard.links import SUBMIT_PAGE, SWEEP_PAGE, job_query
+from dashboard.links import JOBS_PAGE, SUBMIT_PAGE, SWEEP_PAGE, job_query
 from dashboard.session import refresh_every
 from jobs.keys import MAX_INTERRUPTIONS
 from jobs.records import JobNotFound, JobRecord, JobStatus
@@ -153,6 +154,21 @@ def details(record: JobRecord, trial: str | None) -> None:
         st.page_link(SUBMIT_PAGE, label="Clone into a new job", query_params={"clone": record.id})
 
 
+def delete_control(record: JobRecord) -> None:
+    """Delete a finished job, then go to the Jobs page, which says what was removed."""
+    if not record.status.is_final:
+        st.caption(f"To delete this job, cancel it first: it is {record.status.value}.")
+        return
+    question = (
+        f"Delete job `{record.id}` ({record.name}) with its metrics, images, logs, trials and "
+        "its folders in the runs' storage? This cannot be undone."
+    )
+    key = f"job.delete.{record.id}"
+    if deleting.confirmed(key, "Delete job", question) and deleting.delete([record.id]):
+        st.switch_page(JOBS_PAGE)
+    deleting.show_report()  # why a delete was refused
+
+
 def job_view(job_id: str, trial_id: str | None, shown_status: JobStatus) -> None:
     try:
         record = connection.store().get(job_id)
@@ -178,6 +194,8 @@ def job_view(job_id: str, trial_id: str | None, shown_status: JobStatus) -> None
     st.subheader("Images" if shown == trial_id else f"Images of the best trial, {shown}")
     gallery(job_id, shown, connection.store().list_images(job_id, trial=shown), "job")
     details(record, trial_id)
+    if trial is None:  # a trial goes with its sweep
+        delete_control(record)
 
 
 def page() -> None:

@@ -1,4 +1,5 @@
-"""Jobs page: every job, filtered and paged by the store, with cancel, retry and priority."""
+"""Jobs page: every job, filtered and paged by the store, with cancel, retry, priority and a
+delete of the selected finished jobs that asks first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from dashboard import connection
+from dashboard import connection, deleting
 from dashboard.job_table import job_row
 from dashboard.links import JOB_PAGE, job_query
 from dashboard.session import refresh_every
@@ -120,8 +121,18 @@ def actions(job_ids: list[str], names: dict[str, str]) -> None:
     retry.button("Retry", on_click=_retry, width="stretch")
     priority.number_input("New priority", 0, 9, 5, key="jobs.new_priority")
     reprioritise.button("Set priority", on_click=_reprioritise, width="stretch")
+    selected = st.session_state[SELECTED_KEY]
+    listed = ", ".join(f"`{job_id}` ({names[job_id]})" for job_id in selected)
+    question = (
+        f"Delete {listed} with their metrics, images, logs, trials and their folders in the "
+        "runs' storage? This cannot be undone."
+    )
+    if deleting.confirmed("jobs.delete", "Delete selected", question, disabled=not selected):
+        deleting.delete(selected)
+        st.rerun()  # the table above still lists them
     show_feedback()
-    for job_id in st.session_state[SELECTED_KEY]:
+    deleting.show_report()
+    for job_id in selected:
         st.page_link(
             JOB_PAGE, label=f"Open {job_id} · {names[job_id]}", query_params=job_query(job_id)
         )

@@ -20,9 +20,29 @@ local function enqueue(id)
   redis.call('ZADD', KEY.queue, queue_score(fields[1], fields[2]), id)
 end
 
+-- Lists capped by bytes (keys.py's *_BYTES_KEPT, and a count for logs): the job's footprint
+-- hash keeps each list's bytes under `<name>:bytes` and the entries it dropped, oldest first,
+-- under `<name>:dropped`, so that a reader can say what is missing.
+local function push_capped(id, key, name, value, cap_bytes, cap_count)
+  local footprint = KEY.footprint .. id
+  local count = redis.call('RPUSH', key, value)
+  local bytes = redis.call('HINCRBY', footprint, name .. ':bytes', #value)
+  while count > 1 and (bytes > cap_bytes or (cap_count and count > cap_count)) do
+    local dropped = redis.call('LPOP', key)
+    bytes = redis.call('HINCRBY', footprint, name .. ':bytes', -#dropped)
+    redis.call('HINCRBY', footprint, name .. ':dropped', 1)
+    count = count - 1
+  end
+end
+
+local function pop_capped(id, key, name)
+  local value = redis.call('RPOP', key)
+  if value then redis.call('HINCRBY', KEY.footprint .. id, name .. ':bytes', -#value) end
+end
+
 local function add_event(id, now, status, message, worker)
   local event = {ts = now, status = status, message = message, worker = worker}
-  redis.call('RPUSH', KEY.events .. id, cjson.encode(event))
+  push_capped(id, KEY.events .. id, 'events', cjson.encode(event), CAP.event_bytes)
 end
 
 -- Moves the job between status indexes, keeping its submit-order score, and stamps it.
@@ -54,10 +74,66 @@ local function merge_progress(id, row)
   redis.call('HSET', job, 'progress', cjson.encode(progress))
 end
 
-local function append_log(id, line, kept)
-  redis.call('RPUSH', KEY.logs .. id, line)
-  redis.call('LTRIM', KEY.logs .. id, -kept, -1)
+local function append_log(id, line)
+  push_capped(id, KEY.logs .. id, 'logs', line, CAP.log_bytes, CAP.log_lines)
   redis.call('INCR', KEY.log_count .. id)
+end
+
+local function artifact_key(family, id, trial)
+  if trial == '' then return family .. id end
+  return family .. id .. KEY.trial_infix .. trial
+end
+
+-- A run resumed from a checkpoint before its last recorded epoch reports those epochs again:
+-- its curve rewinds to the checkpoint, so that each epoch keeps one row, the newest.
+local function rewind(id, key, name, row)
+  local epoch = cjson.decode(row).epoch
+  if type(epoch) ~= 'number' then return end
+  local function last_epoch()
+    local last = redis.call('LINDEX', key, -1)
+    return last and tonumber(cjson.decode(last).epoch)
+  end
+  local last = last_epoch()
+  while last and last >= epoch do
+    pop_capped(id, key, name)
+    last = last_epoch()
+  end
+end
+
+-- Writes a batch of artifacts: ARGV from `first` on, in groups of four (kind, trial or '' for
+-- the job itself, two values; see store.py's _run_write). Checks every kind before the first
+-- write, so that a bad batch changes nothing; returns an error reply for one, else nil.
+local ARTIFACT_KINDS = {
+  metrics = true, image = true, log = true, checkpoint = true, trial = true, event = true,
+}
+local function write_artifacts(id, worker, first)
+  for i = first, #ARGV, 4 do
+    if not ARTIFACT_KINDS[ARGV[i]] then
+      return redis.error_reply('write_artifacts: unknown kind ' .. ARGV[i])
+    end
+  end
+  local now = now_seconds()
+  for i = first, #ARGV, 4 do
+    local kind, trial, value, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    if trial ~= '' then redis.call('SADD', KEY.artifact_trials .. id, trial) end
+    if kind == 'metrics' then
+      if trial == '' then merge_progress(id, value) end
+      local key, name = artifact_key(KEY.metrics, id, trial), 'metrics:' .. trial
+      rewind(id, key, name, value)
+      push_capped(id, key, name, value, CAP.metric_bytes)
+    elseif kind == 'image' then  -- value: "<name>:<epoch>", extra: the JSON index entry
+      redis.call('HSET', artifact_key(KEY.images, id, trial), value, extra)
+    elseif kind == 'log' then
+      append_log(id, value)
+    elseif kind == 'checkpoint' then
+      redis.call('RPUSH', KEY.checkpoints .. id, value)
+    elseif kind == 'trial' then
+      redis.call('HSET', KEY.trials .. id, trial, value)
+    else
+      add_event(id, now, 'running', value, worker)
+    end
+  end
+  return nil
 end
 
 -- Takes a queued job (waiting in the queue or out its backoff) away for good.

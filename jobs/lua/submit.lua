@@ -2,14 +2,18 @@
 -- type, kind, then the record's field/value pairs. Returns the job id: an earlier job's for a
 -- known idempotency key submitted with the same spec, or {'conflict', earlier id} when that
 -- key came with another spec. False when the id is taken and the caller must draw another.
+-- The key of a job deleted since is free again.
 local id, idempotency_key, digest = ARGV[1], ARGV[2], ARGV[4]
 if idempotency_key ~= '' then
   local earlier = redis.call('GET', idempotency_key)
   if earlier then
     local earlier_id, earlier_digest = string.match(earlier, '^(%S+) (%S+)$')
-    if not earlier_id then return earlier end  -- a key stored before keys were bound to specs
-    if earlier_digest ~= digest then return {'conflict', earlier_id} end
-    return earlier_id
+    -- a key stored before keys were bound to specs holds the bare id
+    earlier_id = earlier_id or earlier
+    if redis.call('EXISTS', KEY.job .. earlier_id) == 1 then
+      if earlier_digest and earlier_digest ~= digest then return {'conflict', earlier_id} end
+      return earlier_id
+    end
   end
 end
 local job = KEY.job .. id

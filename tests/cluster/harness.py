@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from jobs.queue import JobQueue
 from jobs.records import JobRecord
+from jobs.run_storage import RunStorage
 from jobs.store import JobStore
 from tests.cluster.network import Host, Network, ServiceExited, tcp_open, wait_until
 from tests.redis_fixtures import redis_executable
@@ -87,6 +88,7 @@ class RedisHost:
             "--requirepass", self.password,
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
+            "--maxmemory", "1gb",
             "--maxmemory-policy", "noeviction",  # as compose: a full Redis refuses writes
             "--save", "",
             "--dir", str(folder),
@@ -458,7 +460,7 @@ class Cluster:
         return JobQueue(self.redis.client(), PREFIX)
 
     def store(self) -> JobStore:
-        return JobStore(self.redis.client(), PREFIX)
+        return JobStore(self.redis.client(), PREFIX, RunStorage(str(self.shared.storage)))
 
     def add_host(self, role: str) -> Host:
         """A bare host of `role`: the next `<letter><n>` (names are never reused, so a
