@@ -339,12 +339,18 @@ def gallery_table(fleet: Fleet, base: str, epochs: int, rounds: int) -> str:
     lines = [
         f"Job page of a {epochs}-epoch {shape.label} job until its {images} gallery images "
         f"are decoded, median of {rounds} rounds in headless Chromium, in ms\n",
-        "| open | before ms | after ms | after / before |",
-        "|---|---:|---:|---:|",
+        "| open | before ms | after ms | after / before | each round's after / before |",
+        "|---|---:|---:|---:|---|",
     ]
     for visit in ("first open", "second open"):
-        before, after = (statistics.median(times[(visit, layout)]) for layout in Layout)
-        lines.append(f"| {visit} | {before:.0f} | {after:.0f} | {after / before:.2f} |")
+        before, after = (times[(visit, layout)] for layout in Layout)
+        ratio = statistics.median(after) / statistics.median(before)
+        each = (late / early for early, late in zip(before, after, strict=True))
+        rounds_text = ", ".join(f"{round_ratio:.2f}" for round_ratio in each)
+        lines.append(
+            f"| {visit} | {statistics.median(before):.0f} | {statistics.median(after):.0f} "
+            f"| {ratio:.2f} | {rounds_text} |"
+        )
     return "\n".join(lines)
 
 

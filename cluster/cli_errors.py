@@ -15,6 +15,7 @@ from jobs.limits import LimitError
 from jobs.records import IdempotencyConflict, InvalidTransition, JobNotFound
 from jobs.redis_server import EmbeddedRedisError
 from jobs.spec_errors import SpecError
+from jobs.store import redis_full_text
 
 # No markup: messages quote user input (file names, YAML keys), where "[/x]" is text, not a tag.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -66,8 +67,14 @@ def friendly_errors() -> Iterator[Outcome]:
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
         stderr.print(f"error: cannot reach Redis ({exc}); check GENFLEET_REDIS_URL")
         outcome.code = EXIT_UNAVAILABLE
+    except redis.exceptions.OutOfMemoryError:
+        stderr.print(f"error: {redis_full_text(None)}", markup=False)
+        outcome.code = EXIT_UNAVAILABLE
     except EmbeddedRedisError as exc:
         stderr.print(f"error: cannot start the embedded Redis: {exc}")
+        outcome.code = EXIT_UNAVAILABLE
+    except OSError as exc:  # the runs' storage (GENFLEET_STORAGE): unreachable, no credentials
+        stderr.print(f"error: {exc}", markup=False)
         outcome.code = EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         stderr.print("interrupted")

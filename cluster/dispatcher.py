@@ -53,6 +53,7 @@ from cluster.job_runner import is_running_on_ray, run_folder, start_runner, stop
 from cluster.lease_keeper import LeaseKeeper
 from cluster.placement import Resources, judge_queued_jobs, largest_cluster
 from cluster.relay import Relay
+from jobs.deletion import BATCH as RETENTION_BATCH
 from jobs.deletion import apply_retention
 from jobs.keys import (
     DISPATCHER_STATUS_TTL_SECONDS,
@@ -238,6 +239,8 @@ class Dispatcher:
             for step in housekeeping:
                 try:  # each on its own: one bad queued record must not stop the others
                     step()
+                except OutOfMemoryError:
+                    self._redis_refused(f"housekeeping ({step.__name__})")
                 except Exception:
                     log.exception("housekeeping step %s failed; the tick goes on", step.__name__)
         if self.redis_full_since is None:  # a new run would only add to what waits
@@ -266,8 +269,9 @@ class Dispatcher:
         days = self.settings.retention_days
         if days is None or time.monotonic() - self._last_retention < RETENTION_SECONDS:
             return
-        self._last_retention = time.monotonic()
         deleted = apply_retention(self.store, days)
+        # A pass that reached its bound goes on at the next housekeeping, not in 10 minutes.
+        self._last_retention = -math.inf if len(deleted) >= RETENTION_BATCH else time.monotonic()
         if deleted:
             log.info("retention: deleted %d jobs finished over %g days ago", len(deleted), days)
 
@@ -536,13 +540,19 @@ class Dispatcher:
             job.serviced_at = time.monotonic()
 
     def _service(self, job: ActiveJob) -> None:
-        self._relay(job)
+        try:
+            self._relay(job)
+        except OutOfMemoryError:
+            if not self.queue.is_cancel_requested(job.job_id):
+                raise
         ready, _ = ray.wait([job.result], timeout=0)
         if ready:  # also with a cancel pending: the queue ends it cancelled, result kept
             self._finish(job)
         elif self.queue.is_cancel_requested(job.job_id):
             self._stop_runs([job])
-            self._relay_everything(job)
+            # A full Redis must not keep a run the user cancelled: its last messages go.
+            with suppress(OutOfMemoryError):
+                self._relay_everything(job)
             self.queue.mark_cancelled(job.lease)
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.KILLED)
             self._forget(job)
@@ -566,8 +576,8 @@ class Dispatcher:
             emptied = job.emptied_at is not None and job.emptied_at >= since
             return job.drain is None and emptied
         batch = _batch(job.undelivered)
-        self.store.write_for_run(job.lease, batch)
-        self.redis_full_since = None
+        if self.store.write_for_run(job.lease, batch):
+            self.redis_full_since = None  # Redis took a write
         for message in batch:
             job.undelivered.popleft()
             of_the_job = isinstance(message, Checkpoint) and message.trial is None

@@ -51,6 +51,9 @@ def delete(job_ids: list[str]) -> bool:
     except (NotDeletable, JobNotFound) as exc:
         st.session_state[REPORT_KEY] = [("error", f"Nothing deleted: {exc}")]
         return False
+    except OSError as exc:  # the runs' storage: the keys are gone, a later delete or gc ends it
+        st.session_state[REPORT_KEY] = [("error", f"Deleted from Redis, not from storage: {exc}")]
+        return True
     st.session_state[REPORT_KEY] = [("ok", removed(entry)) for entry in deleted]
     return True
 

@@ -61,6 +61,7 @@ def delete_jobs(store: JobStore, job_ids: Iterable[str]) -> list[Deleted]:
     unknown or unfinished job among them deletes none."""
     unique = list(dict.fromkeys(job_ids))
     check_deletable(store, unique)
+    finish_deletes(store)
     deleted, refused = _delete(store, unique)
     if refused:  # retried since the check
         job_id, status = refused[0]
@@ -165,23 +166,26 @@ def collect_garbage(
     older_than_seconds: float,
     statuses: Iterable[str] | None = None,
     dry_run: bool = False,
+    limit: int | None = None,
 ) -> list[str]:
     """Delete the jobs that finished more than `older_than_seconds` ago (in these final
-    statuses, all when None); returns their ids. `dry_run` only lists them."""
+    statuses, all when None), at most `limit` of them; returns their ids. `dry_run` only
+    lists them. Also finishes the deletes that stopped half way."""
     if older_than_seconds < 0:
         raise ValueError(f"older_than_seconds: must be >= 0, got {older_than_seconds!r}")
-    job_ids = finished_before(store, server_time(store) - older_than_seconds, statuses)
+    job_ids = finished_before(store, server_time(store) - older_than_seconds, statuses)[:limit]
     if dry_run:
         return job_ids
+    finish_deletes(store)
     deleted, _ = _delete(store, job_ids)  # a job retried meanwhile is kept
     return [entry.job_id for entry in deleted]
 
 
 def apply_retention(store: JobStore, retention_days: float) -> list[str]:
     """The dispatcher's housekeeping under GENFLEET_RETENTION_DAYS: finish stopped deletes,
-    then delete every job that finished more than `retention_days` ago."""
-    finish_deletes(store)
-    return collect_garbage(store, retention_days * SECONDS_PER_UNIT["d"])
+    then delete jobs that finished more than `retention_days` ago, BATCH at most, so that a
+    first pass over a large store does not hold up the dispatcher's tick for long."""
+    return collect_garbage(store, retention_days * SECONDS_PER_UNIT["d"], limit=BATCH)
 
 
 def parse_age(text: str, argument: str = "finished_before") -> float:

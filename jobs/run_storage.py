@@ -14,6 +14,9 @@ lease or by a later epoch's report of the same image.
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
+import threading
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from pathlib import Path
 import pyarrow.fs
 
 READ_CACHE_BYTES = 64 * 2**20  # the dashboard redraws a gallery on every rerun
+JOB_ID = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # jobs.queue draws 12 hex digits
 
 
 class ImageUnreadable(OSError):
@@ -53,7 +57,22 @@ class StoredFile:
 
 def image_path(job_id: str, trial: str | None, name: str, epoch: int, sha256: str) -> str:
     owner = "job" if trial is None else f"trial-{trial}"
-    return f"{job_id}/images/{owner}/{name}-{epoch:06d}-{sha256[:16]}.png"
+    return f"{job_folder(job_id)}/images/{owner}/{name}-{epoch:06d}-{sha256[:16]}.png"
+
+
+def job_folder(job_id: str) -> str:
+    """The job's own folder under the root; raises ValueError for an id that would reach out
+    of it or into another job's (`..`, a `/`, a `-`, which separates a trial's folder)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"job id: must match {JOB_ID.pattern}, got {job_id!r}")
+    return job_id
+
+
+def belongs_to(job_id: str, path: str) -> bool:
+    """Whether an index entry's path lies in the job's folder: Redis says where to read, and
+    nothing it says may send a reader elsewhere."""
+    parts = path.split("/")
+    return parts[0] == job_id and ".." not in parts and "" not in parts
 
 
 class RunStorage:
@@ -62,23 +81,37 @@ class RunStorage:
         self._filesystem, self._base = located(root)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
+        self._lock = threading.Lock()  # one storage serves every dashboard session
 
     def _full(self, path: str) -> str:
         return f"{self._base.rstrip('/')}/{path}"
 
     def write(self, path: str, data: bytes) -> StoredFile:
-        """Write `data` at `path` (relative to the root), replacing what was there."""
+        """Write `data` at `path` (relative to the root), a path named by its content: one
+        already there with its size is kept, so a batch Redis refused and sends again does not
+        upload it again, and a reader never meets it half written."""
         full = self._full(path)
+        stored = StoredFile(path, len(data), hashlib.sha256(data).hexdigest())
+        if self._filesystem.get_file_info(full).size == len(data):
+            return stored
         self._filesystem.create_dir(full.rpartition("/")[0], recursive=True)
-        with self._filesystem.open_output_stream(full) as stream:
+        if not isinstance(self._filesystem, pyarrow.fs.LocalFileSystem):
+            with self._filesystem.open_output_stream(full) as stream:  # one object PUT: whole
+                stream.write(data)
+            return stored
+        partial = f"{full}.{secrets.token_hex(4)}.partial"
+        with self._filesystem.open_output_stream(partial) as stream:
             stream.write(data)
-        return StoredFile(path, len(data), hashlib.sha256(data).hexdigest())
+        self._filesystem.move(partial, full)  # a rename: whole or not there
+        return stored
 
     def read(self, stored: StoredFile) -> bytes:
         """The file's bytes, checked against its size and sha256; raises ImageUnreadable."""
-        if (cached := self._cache.get(stored.path)) is not None:
-            self._cache.move_to_end(stored.path)
-            return cached
+        with self._lock:
+            cached = self._cache.get(stored.path)
+            if cached is not None:
+                self._cache.move_to_end(stored.path)
+                return cached
         where = f"{self.root.rstrip('/')}/{stored.path}"
         try:
             with self._filesystem.open_input_file(self._full(stored.path)) as stream:
@@ -94,15 +127,18 @@ class RunStorage:
         return data
 
     def _remember(self, path: str, data: bytes) -> None:
-        self._cache[path] = data
-        self._cached_bytes += len(data)
-        while self._cached_bytes > READ_CACHE_BYTES and self._cache:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached_bytes -= len(dropped)
+        with self._lock:
+            self._forget(path)
+            self._cache[path] = data
+            self._cached_bytes += len(data)
+            while self._cached_bytes > READ_CACHE_BYTES and self._cache:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= len(dropped)
 
     def remove(self, path: str) -> None:
         """Remove one file; one that is gone already is fine."""
-        self._forget(path)
+        with self._lock:
+            self._forget(path)
         with suppress(FileNotFoundError):
             self._filesystem.delete_file(self._full(path))
 
@@ -119,13 +155,14 @@ class RunStorage:
 
     def remove_folder(self, folder: str) -> None:
         """Remove a folder under the root with everything in it; one that is gone is fine."""
-        for path in [cached for cached in self._cache if cached.startswith(f"{folder}/")]:
-            self._forget(path)
-        full = self._full(folder)
-        if self._filesystem.get_file_info(full).type != pyarrow.fs.FileType.NotFound:
-            self._filesystem.delete_dir(full)
+        with self._lock:
+            for path in [cached for cached in self._cache if cached.startswith(f"{folder}/")]:
+                self._forget(path)
+        with suppress(FileNotFoundError):  # another dispatcher may be removing it too
+            self._filesystem.delete_dir(self._full(folder))
 
     def _forget(self, path: str) -> None:
+        """Drop a path from the read cache; the caller holds the lock."""
         dropped = self._cache.pop(path, None)
         if dropped is not None:
             self._cached_bytes -= len(dropped)

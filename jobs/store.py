@@ -27,8 +27,9 @@ from numbers import Integral, Real
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import OutOfMemoryError
 
-from jobs.keys import Keys, check_trial_id
+from jobs.keys import ENTRY_CHARS_KEPT, Keys, check_trial_id
 from jobs.messages import Checkpoint as CheckpointMessage
 from jobs.messages import (  # the store's own Checkpoint is the record a reader gets
     Fatal,
@@ -41,7 +42,7 @@ from jobs.messages import (  # the store's own Checkpoint is the record a reader
 )
 from jobs.queue import load_script
 from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
-from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, image_path
+from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, belongs_to, image_path
 
 IMAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # "samples", "reconstructions", ...
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -149,9 +150,10 @@ class JobStore:
         self._live_dispatchers = load_script(redis, self.keys, "live_dispatchers")
         self._write_run = load_script(redis, self.keys, "write_run")
 
-    def write_for_run(self, lease: Lease, messages: list[Message]) -> None:
+    def write_for_run(self, lease: Lease, messages: list[Message]) -> bool:
         """Store a run's messages, all or none, behind its lease; raises LeaseLost when a
-        message to store comes from a lease that no longer holds the job.
+        message to store comes from a lease that no longer holds the job. False when none of
+        them is of a kind the store keeps, so nothing was sent to Redis.
 
         A message that cannot be stored (a name or value the store refuses) becomes a log line
         that says so, and the rest of the batch still lands. Kinds only the dispatcher uses
@@ -159,13 +161,14 @@ class JobStore:
         """
         writes, files = self._prepared(lease.job_id, messages, drop_bad=True)
         if not writes:
-            return
+            return False
         outcome = self._write_run(args=[lease.job_id, lease.owner, lease.claim, *writes])
         if outcome == b"missing":
             self._forget_files(files)
             raise JobNotFound(lease.job_id)
         if outcome == b"lost":  # the files lie unseen in the job's folder, deleted with it
             raise LeaseLost(lease.job_id, lease.owner)
+        return True
 
     def get(self, job_id: str) -> JobRecord:
         fields = self.redis.hgetall(self.keys.job(job_id))
@@ -212,13 +215,28 @@ class JobStore:
             pipe.zinterstore(source, indexes, aggregate="MAX")
             pipe.zrange(source, offset, last, desc=not oldest_first)
             pipe.delete(source)
-            total, ids, _ = pipe.execute()
+            try:
+                total, ids, _ = pipe.execute()
+            except OutOfMemoryError:  # a full Redis has no room for the scratch key
+                total, ids = self._intersected(indexes, offset, limit, oldest_first)
         else:
             source = indexes[0] if indexes else self.keys.all_jobs
             pipe.zcard(source)
             pipe.zrange(source, offset, last, desc=not oldest_first)
             total, ids = pipe.execute()
         return Page(self.get_many([raw.decode() for raw in ids]), total)
+
+    def _intersected(
+        self, indexes: list[str], offset: int, limit: int, oldest_first: bool
+    ) -> tuple[int, list[bytes]]:
+        """What ZINTERSTORE gives, worked out here: the jobs in every index, by submit order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zrange(index, 0, -1, withscores=True)
+        scored = [dict(pairs) for pairs in pipe.execute()]
+        common = set(scored[0]).intersection(*scored[1:])
+        ordered = sorted(common, key=scored[0].__getitem__, reverse=not oldest_first)
+        return len(ordered), ordered[offset : offset + limit]
 
     def get_many(self, job_ids: list[str]) -> list[JobRecord]:
         """Records of these jobs in this order, one round trip; unknown ids are skipped."""
@@ -319,6 +337,8 @@ class JobStore:
         if value.startswith(PNG_SIGNATURE):
             return value
         entry = StoredImage.from_json(value)
+        if not belongs_to(job_id, entry.path):
+            raise ImageUnreadable(f"{entry.path}: not in job {job_id}'s folder; not read")
         if self.storage is None:
             raise NoStorage(f"{entry.path}: images are kept in the runs' storage, none given")
         return self.storage.read(StoredFile(entry.path, entry.bytes, entry.sha256))
@@ -469,14 +489,24 @@ def _run_write(message: Message) -> RunWrite | None:
                 raise ValueError(f"image {name!r}: must be PNG bytes, got {png[:8]!r}...")
             return ("image", trial, _image_field(name, epoch), png)
         case Log(line=line):
-            return ("log", "", prefix + line, "")
+            return ("log", "", _clipped(prefix + line), "")
         case CheckpointMessage(epoch=epoch, path=path):
             entry = {"epoch": epoch, "uri": path, "trial": trial or None}
             return ("checkpoint", "", json.dumps(entry), "")
         case TrialUpdate(info=info):
             return ("trial", trial, json.dumps(info), "")
         case RunInfo(info=info):
-            return ("event", "", "run info: " + ", ".join(f"{k}={v}" for k, v in info.items()), "")
+            text = "run info: " + ", ".join(f"{k}={v}" for k, v in info.items())
+            return ("event", "", _clipped(text), "")
         case Fatal(error=error):
-            return ("log", "", f"{prefix}run stopped: {error}", "")
+            return ("log", "", _clipped(f"{prefix}run stopped: {error}"), "")
     return None
+
+
+def _clipped(text: str) -> str:
+    """At most ENTRY_CHARS_KEPT characters: one huge line must not push every other line of a
+    capped list out."""
+    if len(text) <= ENTRY_CHARS_KEPT:
+        return text
+    cut = len(text) - ENTRY_CHARS_KEPT
+    return f"{text[:ENTRY_CHARS_KEPT]} [... {cut} more characters dropped]"

@@ -5,6 +5,7 @@ what can wait and still takes leases and final states. Real redis-server, real f
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -13,10 +14,10 @@ import pytest
 import redis
 from PIL import Image as PILImage
 
-from jobs.keys import EVENT_BYTES_KEPT, LOG_BYTES_KEPT, METRIC_BYTES_KEPT, Keys
+from jobs.keys import ENTRY_CHARS_KEPT, EVENT_BYTES_KEPT, LOG_BYTES_KEPT, METRIC_BYTES_KEPT, Keys
 from jobs.messages import Image, Log, Metrics
-from jobs.queue import JobQueue
-from jobs.records import JobNotFound, JobStatus, LeaseLost
+from jobs.queue import Backoff, JobQueue
+from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
 from jobs.run_storage import ImageUnreadable, RunStorage
 from jobs.spec import JobSpec
 from jobs.store import JobStore, NoStorage, RedisMemory, StoredImage
@@ -44,6 +45,11 @@ def fill_up(client: redis.Redis, filler: str) -> None:
     client.config_set("maxmemory", limit)
 
 
+def running_job(queue: JobQueue) -> tuple[str, Lease]:
+    job_id = queue.submit(SPEC)
+    return job_id, queue.claim("host-1", lease_seconds=30).lease
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> RunStorage:
     return RunStorage(str(tmp_path / "storage"))
@@ -58,8 +64,7 @@ def test_a_runs_images_lie_in_storage_and_redis_keeps_only_their_index(
     stack: tuple[JobQueue, JobStore], storage: RunStorage, tmp_path: Path
 ) -> None:
     queue, store = stack
-    job_id = queue.submit(SPEC)
-    lease = queue.claim("host-1", lease_seconds=30).lease
+    job_id, lease = running_job(queue)
     grids = {epoch: png(epoch) for epoch in (1, 2)}
     store.write_for_run(lease, [Image("samples", epoch, grid) for epoch, grid in grids.items()])
     store.write_for_run(lease, [Image("samples", 1, png(9), trial="t_0001")])
@@ -172,8 +177,7 @@ def test_logs_and_metrics_are_capped_by_bytes_oldest_first_and_the_drop_is_count
     read: str,
 ) -> None:
     queue, store = stack
-    job_id = queue.submit(SPEC)
-    lease = queue.claim("host-1", lease_seconds=30).lease
+    job_id, lease = running_job(queue)
     count = 2 * cap // 1000
     for start in range(1, count + 1, 100):
         store.write_for_run(lease, [make(i) for i in range(start, min(start + 100, count + 1))])
@@ -195,8 +199,7 @@ def test_a_resumed_run_rewinds_its_curve_and_the_bytes_held_follow(
     stack: tuple[JobQueue, JobStore],
 ) -> None:
     queue, store = stack
-    job_id = queue.submit(SPEC)
-    lease = queue.claim("host-1", lease_seconds=30).lease
+    job_id, lease = running_job(queue)
     store.write_for_run(lease, [Metrics({"epoch": epoch}) for epoch in (1, 2, 3)])
     store.write_for_run(lease, [Metrics({"epoch": 2, "again": 1})])
 
@@ -222,8 +225,7 @@ def test_a_full_redis_refuses_run_writes_whole_and_still_keeps_leases_and_final_
 ) -> None:
     client = redis_process().client()
     queue, store = JobQueue(client, "full"), JobStore(client, "full", storage)
-    job_id = queue.submit(SPEC)
-    lease = queue.claim("host-1", lease_seconds=30).lease
+    job_id, lease = running_job(queue)
     store.write_for_run(lease, [Metrics({"epoch": 1}), Log("epoch 1")])
     fill_up(client, "full:filler")
     before = {key: client.dump(key) for key in client.scan_iter("full:*") if b"filler" not in key}
@@ -252,8 +254,7 @@ def test_a_full_redis_still_ends_a_run(
 ) -> None:
     client = redis_process().client()
     queue = JobQueue(client, "full")
-    job_id = queue.submit(SPEC)
-    lease = queue.claim("host-1", lease_seconds=30).lease
+    job_id, lease = running_job(queue)
     fill_up(client, "full:filler")
 
     assert queue.fail(lease, "RuntimeError: boom", retryable=False) is JobStatus.FAILED
@@ -270,3 +271,93 @@ def test_keys_of_the_footprint_live_under_the_prefix() -> None:
     keys = Keys("p")
     assert keys.footprint("j") == "p:footprint:j"
     assert keys.artifact_trials("j") == "p:artifact_trials:j"
+
+
+def test_a_full_redis_refuses_a_claim_whole_even_with_a_retry_falling_due(
+    redis_process: Callable[..., RedisProcess],
+) -> None:
+    client = redis_process().client()
+    queue = JobQueue(client, "full", backoff=Backoff(base_seconds=0.01, cap_seconds=0.01))
+    job_id = queue.submit(SPEC)
+    queue.fail(queue.claim("host-1", lease_seconds=30).lease, "RuntimeError: flaky")
+    time.sleep(0.05)  # the retry's backoff is over: the claim would promote it first
+    fill_up(client, "full:filler")
+    before = {key: client.dump(key) for key in client.scan_iter("full:*") if b"filler" not in key}
+
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        queue.claim("host-2", lease_seconds=30)
+
+    after = {key: client.dump(key) for key in client.scan_iter("full:*") if b"filler" not in key}
+    assert after == before
+    client.delete("full:filler")
+    assert queue.claim("host-2", lease_seconds=30).job_id == job_id
+
+
+def test_one_huge_log_line_is_clipped_instead_of_pushing_out_the_rest(
+    stack: tuple[JobQueue, JobStore],
+) -> None:
+    queue, store = stack
+    job_id, lease = running_job(queue)
+    store.write_for_run(lease, [Log(f"line {number}") for number in range(100)])
+    store.write_for_run(lease, [Log("x" * 4 * LOG_BYTES_KEPT)])
+
+    lines = store.logs(job_id, tail=1000)
+    assert len(lines) == 101 and lines[0] == "line 0"
+    assert lines[-1].endswith(
+        f"[... {4 * LOG_BYTES_KEPT - ENTRY_CHARS_KEPT} more characters dropped]"
+    )
+
+
+def test_an_index_entry_pointing_out_of_its_jobs_folder_is_not_read(
+    stack: tuple[JobQueue, JobStore], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    queue, store = stack
+    job_id, other = queue.submit(SPEC), queue.submit(SPEC)
+    store.put_image(other, "samples", 1, png(1))
+    theirs = StoredImage.from_json(redis_client.hget(store.keys.images(other), "samples:1"))
+    for path in (theirs.path, f"{job_id}/../{theirs.path}"):
+        forged = StoredImage("samples", 1, None, path, theirs.bytes, theirs.sha256)
+        redis_client.hset(store.keys.images(job_id), "samples:1", forged.to_json())
+        with pytest.raises(ImageUnreadable, match="not in job"):
+            store.get_image(job_id, "samples", 1)
+    with pytest.raises(ValueError, match="job id"):
+        store.stored_image("../escape", Image("samples", 1, png(1)))
+
+
+def test_a_file_already_stored_is_not_written_again(storage: RunStorage, tmp_path: Path) -> None:
+    first = storage.write("job/images/job/a.png", png(1))
+    target = tmp_path / "storage" / "job" / "images" / "job" / "a.png"
+    written_at = target.stat().st_mtime_ns
+
+    again = storage.write("job/images/job/a.png", png(1))
+
+    assert again == first and target.stat().st_mtime_ns == written_at
+    assert [path.name for path in target.parent.iterdir()] == ["a.png"]  # no partial file left
+
+
+def test_a_list_from_before_the_caps_is_counted_once_then_capped(
+    stack: tuple[JobQueue, JobStore], redis_client: redis.Redis
+) -> None:
+    queue, store = stack
+    job_id = queue.submit(SPEC)
+    legacy = [f"old line {number}".encode() for number in range(50)]
+    redis_client.rpush(store.keys.logs(job_id), *legacy)  # as a store before the caps left it
+    store.append_log(job_id, "new line")
+
+    held = int(redis_client.hget(store.keys.footprint(job_id), "logs:bytes"))
+    assert held == sum(map(len, legacy)) + len("new line")
+
+
+def test_a_full_redis_still_lists_jobs_by_several_filters(
+    redis_process: Callable[..., RedisProcess], storage: RunStorage
+) -> None:
+    client = redis_process().client()
+    queue, store = JobQueue(client, "full"), JobStore(client, "full", storage)
+    job_ids = [queue.submit(SPEC) for _ in range(5)]
+    expected = store.list_jobs(status="queued", model="pixelcnn", offset=1, limit=3)
+    fill_up(client, "full:filler")
+
+    listed = store.list_jobs(status="queued", model="pixelcnn", offset=1, limit=3)
+
+    assert [record.id for record in listed.records] == [job_ids[3], job_ids[2], job_ids[1]]
+    assert (listed.total, listed.records) == (expected.total, expected.records)

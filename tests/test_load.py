@@ -137,9 +137,12 @@ def outage_stack(
 
 
 @pytest.mark.ray
-def test_dispatcher_rides_out_a_redis_outage_mid_run(
+def test_dispatcher_rides_out_a_full_redis_then_a_redis_outage_mid_run(
     outage_stack: tuple[Stack, RedisProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One run through both (one run, to spare CI a second): maxmemory reached mid-run, where
+    the dispatcher says Redis is full, claims nothing and keeps the run's messages until space
+    is freed; then Redis killed and restarted. Nothing of the run is lost, no attempt used."""
     from cluster.dispatcher import Dispatcher
 
     stack, server = outage_stack
@@ -147,11 +150,24 @@ def test_dispatcher_rides_out_a_redis_outage_mid_run(
     dispatcher = Dispatcher(stack.queue, stack.store, settings, lease_seconds=15, poll_seconds=0.2)
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    job_id = stack.queue.submit(validate_spec_dict(tiny_job()))
+    # Twice as long as the other runs, so that it is still going when Redis comes back.
+    long_job = {**tiny_job(), "train": {**tiny_job()["train"], "epochs": 2 * EPOCHS}}
+    job_id = stack.queue.submit(validate_spec_dict(long_job))
     caplog.set_level(logging.ERROR, logger="genfleet.dispatcher")
+    filler = f"{stack.settings.prefix}:filler"
     thread.start()
     try:
         stack.wait_for(job_id, lambda record: bool(stack.store.metrics(job_id)), timeout=180)
+        fill_up(server.client(), filler)
+        # Set only by a write Redis refused: the run's next one, since it is at its first epoch.
+        full = wait_until(lambda: (stack.store.cluster_status() or {}).get("redis_full_since"))
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            stack.queue.submit(validate_spec_dict(tiny_job()))
+        time.sleep(OUTAGE_SECONDS)  # the run goes on; what it sends waits in its relay
+        server.client().delete(filler)
+        cleared = wait_until(
+            lambda: (stack.store.cluster_status() or {}).get("redis_full_since") is None
+        )
         server.kill()
         time.sleep(OUTAGE_SECONDS)
         server.start()
@@ -168,63 +184,21 @@ def test_dispatcher_rides_out_a_redis_outage_mid_run(
         stop.set()
         thread.join(timeout=60)
 
+    assert full and cleared
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     assert record.finished_at > back_at  # it ran through the outage
-    assert record.attempts == 1  # the lease outlived the outage: no second run
-    epochs = list(range(1, EPOCHS + 1))
+    assert (record.attempts, record.interruptions) == (1, 0)  # no second run
+    epochs = list(range(1, 2 * EPOCHS + 1))
     assert [row["epoch"] for row in stack.store.metrics(job_id)] == epochs  # none lost
-    assert sorted({ref.epoch for ref in stack.store.list_images(job_id)}) == epochs
+    refs = stack.store.list_images(job_id)
+    assert sorted({ref.epoch for ref in refs}) == epochs
+    assert all(stack.store.get_image(job_id, ref.name, ref.epoch) for ref in refs)
     assert rejected.last_error == (
         "needs 8 GPUs, the cluster has at most 0 GPUs (GENFLEET_MAX_CLUSTER)"
     )
     failed_ticks = [r for r in caplog.records if r.getMessage().startswith("dispatcher tick")]
     assert failed_ticks, "the outage never reached the dispatcher"
     assert all(isinstance(r.exc_info[1], redis.ConnectionError) for r in failed_ticks)
-
-
-@pytest.mark.ray
-def test_a_run_that_fills_redis_waits_and_completes_once_space_is_freed(
-    outage_stack: tuple[Stack, RedisProcess],
-) -> None:
-    """maxmemory reached mid-run: the dispatcher says Redis is full, claims nothing, keeps the
-    run's messages, and stores all of them and the final state once space is freed."""
-    from cluster.dispatcher import Dispatcher
-
-    stack, server = outage_stack
-    client = server.client()
-    dispatcher = Dispatcher(stack.queue, stack.store, stack.settings, poll_seconds=0.2)
-    stop = threading.Event()
-    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    job_id = stack.queue.submit(validate_spec_dict(tiny_job()))
-    thread.start()
-    try:
-        stack.wait_for(job_id, lambda record: bool(stack.store.metrics(job_id)), timeout=180)
-        fill_up(client, f"{stack.settings.prefix}:filler")
-        full = wait_until(lambda: (stack.store.cluster_status() or {}).get("redis_full_since"))
-        with pytest.raises(redis.exceptions.OutOfMemoryError):
-            stack.queue.submit(validate_spec_dict(tiny_job()))
-        time.sleep(OUTAGE_SECONDS)  # the run goes on; what it sends waits in its relay
-        held_back = len(stack.store.metrics(job_id))
-        client.delete(f"{stack.settings.prefix}:filler")
-        record = stack.wait_final(job_id, timeout=180)
-        cleared = wait_until(
-            lambda: (stack.store.cluster_status() or {}).get("redis_full_since") is None
-        )
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-
-    assert full and cleared
-    assert record.status == JobStatus.SUCCEEDED, record.last_error
-    assert record.attempts == 1 and record.interruptions == 0
-    assert held_back < EPOCHS  # the full Redis did hold the run's writes back
-    epochs = list(range(1, EPOCHS + 1))
-    assert [row["epoch"] for row in stack.store.metrics(job_id)] == epochs  # none lost
-    assert sorted({ref.epoch for ref in stack.store.list_images(job_id)}) == epochs
-    assert all(
-        stack.store.get_image(job_id, ref.name, ref.epoch)
-        for ref in stack.store.list_images(job_id)
-    )
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 60.0) -> Any:

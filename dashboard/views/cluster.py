@@ -17,7 +17,6 @@ since a dispatcher saw a write refused (`redis_full_since`), or while INFO says 
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 import streamlit as st
@@ -28,12 +27,7 @@ from dashboard.job_table import format_age
 from dashboard.links import job_url
 from dashboard.session import refresh_every
 from jobs.scheduling import Demand, WaitingJob, sent_demand
-from jobs.store import RedisMemory
-
-FULL_ADVICE = (
-    "writes are refused; runs keep their messages buffered and resume when space is freed. "
-    "Free space with `genfleet gc --finished-before 30d` or raise GENFLEET_REDIS_MAXMEMORY."
-)
+from jobs.store import RedisMemory, redis_full_text
 
 
 def jobs_by_node(running_jobs: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -122,14 +116,6 @@ def waiting_and_demand(status: dict[str, Any], now: float) -> None:
         st.dataframe(bundle_rows(demand), hide_index=True, width="stretch")
 
 
-def format_bytes(size: int) -> str:
-    """ "312 MiB", "1 GiB", "1.5 GiB": binary units, as Redis counts `maxmemory`."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}"
-    return f"{size} B"
-
-
 def redis_memory() -> RedisMemory | None:
     """None where an ACL refuses INFO: the page then shows no memory, not a traceback."""
     try:
@@ -138,21 +124,18 @@ def redis_memory() -> RedisMemory | None:
         return None
 
 
-def memory_and_fullness(status: dict[str, Any] | None, now: float) -> None:
+def memory_and_fullness(status: dict[str, Any] | None) -> None:
     memory = redis_memory()
     full_since = status.get("redis_full_since") if status else None
-    if full_since is not None:
-        stamp = datetime.fromtimestamp(full_since).strftime("%Y-%m-%d %H:%M:%S")
-        st.error(f"Redis is full since {stamp} ({_age(full_since, now)}): {FULL_ADVICE}")
-    elif memory is not None and memory.full:  # full before any dispatcher had a write refused
-        st.error(f"Redis is full: {FULL_ADVICE}")
+    if full_since is not None or (memory is not None and memory.full):
+        st.error(redis_full_text(full_since))
     if memory is None:
         return
     if memory.maxmemory:
-        used = f"Redis memory: {format_bytes(memory.used)} of {format_bytes(memory.maxmemory)}"
-        st.progress(min(memory.used / memory.maxmemory, 1.0), text=used)
+        fraction = min(memory.used / memory.maxmemory, 1.0)
+        st.progress(fraction, text=f"Redis memory: {memory.describe()}")
     else:
-        st.caption(f"Redis memory: {format_bytes(memory.used)}, no maxmemory set")
+        st.caption(f"Redis memory: {memory.describe()}")
 
 
 def _age(updated_at: Any, now: float) -> str:
@@ -162,8 +145,7 @@ def _age(updated_at: Any, now: float) -> str:
 @st.fragment(run_every=refresh_every())
 def cluster_view() -> None:
     status = connection.store().cluster_status()
-    now = time.time()
-    memory_and_fullness(status, now)
+    memory_and_fullness(status)
     if status is None:
         st.warning(
             "No dispatcher has reported. Start one with `genfleet worker`; until one runs, "
@@ -179,6 +161,7 @@ def cluster_view() -> None:
             "running jobs": st.column_config.ListColumn("running jobs"),
         },
     )
+    now = time.time()
     waiting_and_demand(status, now)
     st.subheader("Dispatchers")
     st.dataframe(dispatcher_rows(status, now), hide_index=True, width="stretch")

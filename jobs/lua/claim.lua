@@ -5,6 +5,9 @@
 local worker, lease = ARGV[1], tonumber(ARGV[2])
 local free_cpus, free_gpus = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_seconds()
+-- First a write that needs memory (INCRBY is deny-oom), so that a full Redis refuses the whole
+-- claim rather than let its ZREMs through: a run Redis has no room for never starts.
+redis.call('INCRBY', KEY.order, 0)
 
 -- Bounded so that one claim stays short when a burst of retries falls due together.
 local due = redis.call('ZRANGEBYSCORE', KEY.delayed, '-inf', now, 'LIMIT', 0, 100)

@@ -23,8 +23,17 @@ end
 -- Lists capped by bytes (keys.py's *_BYTES_KEPT, and a count for logs): the job's footprint
 -- hash keeps each list's bytes under `<name>:bytes` and the entries it dropped, oldest first,
 -- under `<name>:dropped`, so that a reader can say what is missing.
+-- A list from before lists were capped has no count of its bytes yet: count them once.
+local function count_held(footprint, key, name)
+  if redis.call('HEXISTS', footprint, name .. ':bytes') == 1 then return end
+  local bytes = 0
+  for _, entry in ipairs(redis.call('LRANGE', key, 0, -1)) do bytes = bytes + #entry end
+  redis.call('HSET', footprint, name .. ':bytes', bytes)
+end
+
 local function push_capped(id, key, name, value, cap_bytes, cap_count)
   local footprint = KEY.footprint .. id
+  count_held(footprint, key, name)
   local count = redis.call('RPUSH', key, value)
   local bytes = redis.call('HINCRBY', footprint, name .. ':bytes', #value)
   while count > 1 and (bytes > cap_bytes or (cap_count and count > cap_count)) do
@@ -36,6 +45,7 @@ local function push_capped(id, key, name, value, cap_bytes, cap_count)
 end
 
 local function pop_capped(id, key, name)
+  count_held(KEY.footprint .. id, key, name)
   local value = redis.call('RPOP', key)
   if value then redis.call('HINCRBY', KEY.footprint .. id, name .. ':bytes', -#value) end
 end
