@@ -35,6 +35,7 @@ def test_quickstart_notebook_submits_waits_plots_and_shows_samples(
     monkeypatch.setenv("GENFLEET_REDIS_URL", stack.settings.redis_url or "")
     monkeypatch.setenv("GENFLEET_PREFIX", stack.settings.prefix)
     monkeypatch.setenv("GENFLEET_HOME", str(stack.settings.home))
+    monkeypatch.setenv("GENFLEET_STORAGE", stack.settings.storage)  # where the run's images lie
     # Jupyter's own inline plots, whatever backend an earlier import chose for this process.
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
