@@ -108,13 +108,16 @@ def run_dashboard(address: str | None = None, port: int | None = None) -> int:
 
 
 def stop_dashboard(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM the dashboard, wait for it, kill it after STOP_TIMEOUT_SECONDS; its exit code."""
+    """SIGTERM the dashboard, wait for it, kill it after STOP_TIMEOUT_SECONDS; its exit code,
+    0 for a stop by that SIGTERM: Streamlit's uvicorn, once it has shut down, raises the
+    signal it caught again, so a clean stop may end by the signal itself."""
     process.terminate()
     try:
-        return process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+    return 0 if code == -signal.SIGTERM else code
 
 
 @contextmanager

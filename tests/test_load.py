@@ -137,12 +137,12 @@ def outage_stack(
 
 
 @pytest.mark.ray
-def test_dispatcher_rides_out_a_full_redis_then_a_redis_outage_mid_run(
+def test_dispatcher_rides_out_a_redis_outage_then_a_full_redis_mid_run(
     outage_stack: tuple[Stack, RedisProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One run through both (one run, to spare CI a second): maxmemory reached mid-run, where
-    the dispatcher says Redis is full, claims nothing and keeps the run's messages until space
-    is freed; then Redis killed and restarted. Nothing of the run is lost, no attempt used."""
+    """One run through both (one run, to spare CI a second): Redis killed and restarted; then
+    maxmemory reached, where the dispatcher says Redis is full, claims nothing and keeps the
+    run's messages until space is freed. Nothing of the run is lost, no attempt used."""
     from cluster.dispatcher import Dispatcher
 
     stack, server = outage_stack
@@ -150,7 +150,7 @@ def test_dispatcher_rides_out_a_full_redis_then_a_redis_outage_mid_run(
     dispatcher = Dispatcher(stack.queue, stack.store, settings, lease_seconds=15, poll_seconds=0.2)
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    # Twice as long as the other runs, so that it is still going when Redis comes back.
+    # Twice as long as the other runs, so that it still goes when Redis fills up.
     long_job = {**tiny_job(), "train": {**tiny_job()["train"], "epochs": 2 * EPOCHS}}
     job_id = stack.queue.submit(validate_spec_dict(long_job))
     caplog.set_level(logging.ERROR, logger="genfleet.dispatcher")
@@ -158,21 +158,21 @@ def test_dispatcher_rides_out_a_full_redis_then_a_redis_outage_mid_run(
     thread.start()
     try:
         stack.wait_for(job_id, lambda record: bool(stack.store.metrics(job_id)), timeout=180)
+        server.kill()
+        time.sleep(OUTAGE_SECONDS)
+        server.start()
+        back_at = time.time()
         fill_up(server.client(), filler)
-        # Set only by a write Redis refused: the run's next one, since it is at its first epoch.
+        # Set only by a write Redis refused: the run's next one.
         full = wait_until(lambda: (stack.store.cluster_status() or {}).get("redis_full_since"))
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             stack.queue.submit(validate_spec_dict(tiny_job()))
         time.sleep(OUTAGE_SECONDS)  # the run goes on; what it sends waits in its relay
         server.client().delete(filler)
+        record = stack.wait_final(job_id, timeout=180)
         cleared = wait_until(
             lambda: (stack.store.cluster_status() or {}).get("redis_full_since") is None
         )
-        server.kill()
-        time.sleep(OUTAGE_SECONDS)
-        server.start()
-        back_at = time.time()
-        record = stack.wait_final(job_id, timeout=180)
         never_fits = stack.queue.submit(
             validate_spec_dict(
                 {**tiny_job(), "scaling": {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 4}}
