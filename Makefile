@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 up: install
 	$(BIN)/genfleet up
 
-# Two pytest processes at once, then a third alone (tests/conftest.py says why): the tests on
-# the session's local Ray print as they go; the others write test-output/not-ray.log, printed
-# when both are done; the multi-host ones follow and print as they go.
-test: install
+# First what the tests need from the system (.ci/system-packages: through apt as root, else
+# named), then the venv, in that order even under `make -j`. Then two pytest processes at once
+# and a third alone (tests/conftest.py says why): the tests on the session's local Ray print as
+# they go; the others write test-output/not-ray.log, printed when both are done; the
+# multi-host ones follow and print as they go.
+test:
+	PYTHON=$(PYTHON) bash .ci/system-packages
+	$(MAKE) --no-print-directory install
 	mkdir -p test-output
 	$(BIN)/pytest -q -m "not ray and not multihost" -p no:cacheprovider --durations=10 \
 	  > test-output/not-ray.log 2>&1 & computing=$$!; \
@@ -32,7 +36,9 @@ test: install
 	$(BIN)/pytest -q -m multihost -p no:cacheprovider --durations=10; multihost=$$?; \
 	test $$on_ray -eq 0 && test $$not_on_ray -eq 0 && test $$multihost -eq 0
 
-test-fast: install
+test-fast:
+	PYTHON=$(PYTHON) bash .ci/system-packages --venv-only
+	$(MAKE) --no-print-directory install
 	$(BIN)/pytest -q -m "not ray and not browser"
 
 # The last, chaos_bench (hours, bounded by its --timeout), needs root and `ip netns`; without

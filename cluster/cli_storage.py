@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from cluster.cli_errors import EXIT_INVALID, UsageError, UserError, stderr
 from cluster.cli_jobs import open_client, stdout
-from jobs.deletion import NotDeletable, check_deletable, final_statuses, parse_age, storage_of
+from jobs.deletion import (
+    Deleted,
+    NotDeletable,
+    check_deletable,
+    final_statuses,
+    parse_age,
+    storage_of,
+)
 from jobs.migration import migrate_images
 
 if TYPE_CHECKING:
@@ -57,15 +65,21 @@ def delete(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         deleted = client.delete(*job_ids)
     except NotDeletable as exc:
+        if exc.deleted:  # a job of the batch was retried after the check; the rest went
+            _report(exc.deleted, args.json)
         raise UserError(str(exc)) from exc
-    if args.json:
+    _report(deleted, args.json)
+    return 0
+
+
+def _report(deleted: Sequence[Deleted], as_json: bool) -> None:
+    if as_json:
         print(json.dumps({"deleted": [asdict(entry) for entry in deleted]}))
-        return 0
+        return
     for entry in deleted:
         stdout.print(
             f"deleted {entry.job_id}: {len(entry.trials)} trial(s), {len(entry.folders)} folder(s)"
         )
-    return 0
 
 
 def _confirmed(client: Client, job_ids: list[str]) -> bool:
@@ -115,4 +129,11 @@ def migrate(args: argparse.Namespace) -> int:
             f"moved {report.moved} image(s) of {report.jobs} job(s) from Redis into "
             f"{client.settings.storage}"
         )
+        if report.trials_indexed:
+            stdout.print(
+                f"indexed the artifacts of {report.trials_indexed} sweep trial(s) that older "
+                "versions left unindexed, so that delete and gc remove them with their sweep"
+            )
+        if report.keys_removed:
+            stdout.print(f"removed {report.keys_removed} trial key(s) of jobs no longer there")
     return 0

@@ -44,11 +44,16 @@ def removed(deleted: Deleted) -> str:
 
 
 def delete(job_ids: list[str]) -> bool:
-    """Delete the jobs, all or none (jobs/deletion.py checks every one first), and keep what
-    happened for `show_report`; True when they were deleted."""
+    """Delete the jobs (jobs/deletion.py checks every one first and deletes none if one is
+    unknown or unfinished) and keep what happened for `show_report`; True when some went."""
     try:
         deleted = delete_jobs(connection.store(), job_ids)
-    except (NotDeletable, JobNotFound) as exc:
+    except NotDeletable as exc:  # a job retried after the check: the others went
+        report = [("ok", removed(entry)) for entry in exc.deleted]
+        prefix = "" if exc.deleted else "Nothing deleted: "
+        st.session_state[REPORT_KEY] = [*report, ("error", f"{prefix}{exc}")]
+        return bool(exc.deleted)
+    except JobNotFound as exc:
         st.session_state[REPORT_KEY] = [("error", f"Nothing deleted: {exc}")]
         return False
     except OSError as exc:  # the runs' storage: the keys are gone, a later delete or gc ends it

@@ -28,20 +28,26 @@ DELETE_GRACE_SECONDS = 3600
 BATCH = 500  # jobs per pipeline of deletes and per listing of the storage root
 
 
-class NotDeletable(Exception):
-    """The job is queued or running: its dispatcher would write on for it."""
-
-    def __init__(self, job_id: str, status: JobStatus) -> None:
-        super().__init__(f"job {job_id} is {status}: cancel it first (genfleet cancel {job_id})")
-        self.job_id = job_id
-        self.status = status
-
-
 @dataclass(frozen=True)
 class Deleted:
     job_id: str
     trials: tuple[str, ...]
     folders: tuple[str, ...]  # under the storage root
+
+
+class NotDeletable(Exception):
+    """The job is queued or running: its dispatcher would write on for it. `deleted` holds the
+    jobs of the same batch that were deleted, when it was found so only after the check (it
+    was retried meanwhile)."""
+
+    def __init__(self, job_id: str, status: JobStatus, deleted: Sequence[Deleted] = ()) -> None:
+        message = f"job {job_id} is {status}: cancel it first (genfleet cancel {job_id})"
+        if deleted:
+            message += f"; {len(deleted)} job(s) of the batch were deleted"
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+        self.deleted = tuple(deleted)
 
 
 def check_deletable(store: JobStore, job_ids: Sequence[str]) -> None:
@@ -65,14 +71,15 @@ def delete_jobs(store: JobStore, job_ids: Iterable[str]) -> list[Deleted]:
     deleted, refused = _delete(store, unique)
     if refused:  # retried since the check
         job_id, status = refused[0]
-        raise NotDeletable(job_id, status)
+        raise NotDeletable(job_id, status, deleted)
     return deleted
 
 
 def _delete(
-    store: JobStore, job_ids: list[str]
+    store: JobStore, job_ids: list[str], cutoff: float | None = None
 ) -> tuple[list[Deleted], list[tuple[str, JobStatus]]]:
-    """The deleted jobs, and the ones found queued or running, which are left as they were."""
+    """The deleted jobs, and the ones found queued or running, which are left as they were;
+    with a `cutoff`, a job that finished at or after it is left too (retried since listed)."""
     storage = storage_of(store)
     script = load_script(store.redis, store.keys, "delete_job")
     deleted: list[Deleted] = []
@@ -81,7 +88,7 @@ def _delete(
         batch = job_ids[start : start + BATCH]
         pipe = store.redis.pipeline(transaction=False)
         for job_id in batch:
-            script(args=[job_id], client=pipe)
+            script(args=[job_id, "" if cutoff is None else repr(cutoff)], client=pipe)
         trials_by_job: dict[str, tuple[str, ...]] = {}
         for job_id, (outcome, *rest) in zip(batch, pipe.execute(), strict=True):
             if outcome == b"deleted":
@@ -146,18 +153,21 @@ def finished_before(
     store: JobStore, cutoff: float, statuses: Iterable[str] | None = None
 ) -> list[str]:
     """Ids of the jobs in these final statuses (all when None) that finished before `cutoff`
-    (Unix seconds, the server's clock), oldest submitted first within each status."""
+    (Unix seconds, the server's clock), oldest submitted first within each status. Reads
+    every such record's times, BATCH per round trip."""
     found = []
     for status in FINAL_STATUSES if statuses is None else final_statuses(statuses):
         job_ids = store.job_ids(status)
-        pipe = store.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            # A record from before finished_at was stamped on every ending has updated_at.
-            pipe.hmget(store.keys.job(job_id), "finished_at", "updated_at")
-        for job_id, (finished, updated) in zip(job_ids, pipe.execute(), strict=True):
-            stamp = finished or updated
-            if stamp and float(stamp) < cutoff:
-                found.append(job_id)
+        for start in range(0, len(job_ids), BATCH):
+            batch = job_ids[start : start + BATCH]
+            pipe = store.redis.pipeline(transaction=False)
+            for job_id in batch:
+                # A record from before finished_at was stamped on every ending has updated_at.
+                pipe.hmget(store.keys.job(job_id), "finished_at", "updated_at")
+            for job_id, (finished, updated) in zip(batch, pipe.execute(), strict=True):
+                stamp = finished or updated
+                if stamp and float(stamp) < cutoff:
+                    found.append(job_id)
     return found
 
 
@@ -173,11 +183,12 @@ def collect_garbage(
     lists them. Also finishes the deletes that stopped half way."""
     if older_than_seconds < 0:
         raise ValueError(f"older_than_seconds: must be >= 0, got {older_than_seconds!r}")
-    job_ids = finished_before(store, server_time(store) - older_than_seconds, statuses)[:limit]
+    cutoff = server_time(store) - older_than_seconds
+    job_ids = finished_before(store, cutoff, statuses)[:limit]
     if dry_run:
         return job_ids
     finish_deletes(store)
-    deleted, _ = _delete(store, job_ids)  # a job retried meanwhile is kept
+    deleted, _ = _delete(store, job_ids, cutoff)  # a job retried meanwhile is kept
     return [entry.job_id for entry in deleted]
 
 

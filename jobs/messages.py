@@ -124,10 +124,14 @@ Message = (
 )
 
 
+MESSAGE_OVERHEAD_BYTES = 256  # what holding or storing any message costs beside its payload
+
+
 def message_bytes(message: Message) -> int:
-    """About what storing the message costs, to bound the bytes written per tick."""
+    """About what holding or storing the message costs, to bound the bytes written per tick
+    and the bytes a relay keeps."""
     if isinstance(message, Image):
-        return len(message.png)
+        return len(message.png) + MESSAGE_OVERHEAD_BYTES
     if isinstance(message, Log):
-        return len(message.line)
-    return 256
+        return len(message.line.encode()) + MESSAGE_OVERHEAD_BYTES
+    return MESSAGE_OVERHEAD_BYTES

@@ -109,6 +109,7 @@ ALLOWED_WHEN_FULL = frozenset(
         "publish_dispatcher",
         "delete_job",
         "migrate_image",
+        "index_trials",
     }
 )
 # A full Redis refuses a script at its first command that may need memory, and only if the

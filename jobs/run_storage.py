@@ -142,6 +142,18 @@ class RunStorage:
         with suppress(FileNotFoundError):
             self._filesystem.delete_file(self._full(path))
 
+    def remove_empty_folders(self, path: str) -> None:
+        """Remove the folders above `path`, nearest first, as long as they are empty: what
+        writing a file made and removing it left. Object stores have no empty folders."""
+        folder = path.rpartition("/")[0]
+        while folder:
+            selector = pyarrow.fs.FileSelector(self._full(folder), allow_not_found=True)
+            if self._filesystem.get_file_info(selector):
+                return
+            with suppress(FileNotFoundError, OSError):  # gone, or filled again meanwhile
+                self._filesystem.delete_dir(self._full(folder))
+            folder = folder.rpartition("/")[0]
+
     def folders_of(self, job_ids: set[str]) -> dict[str, list[str]]:
         """Each job's folders under the root, its own and its trials' (`<job id>-<trial>`),
         from one listing of the root however many jobs are asked about."""

@@ -42,7 +42,13 @@ from jobs.messages import (  # the store's own Checkpoint is the record a reader
 )
 from jobs.queue import load_script
 from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
-from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, belongs_to, image_path
+from jobs.run_storage import (
+    ImageUnreadable,
+    RunStorage,
+    StoredFile,
+    belongs_to,
+    image_path,
+)
 
 IMAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # "samples", "reconstructions", ...
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -307,11 +313,13 @@ class JobStore:
         return StoredImage(image.name, image.epoch, image.trial, path, stored.size, stored.sha256)
 
     def _forget_files(self, paths: list[str]) -> None:
-        """Remove what a refused write put into the folder of a job that is gone (deleted):
-        nothing would ever find it there."""
+        """Remove what a refused write put into the folder of a job that is gone (deleted,
+        or lost with a Redis that lost its data), and the folders only those files were in:
+        nothing would ever find them there. Checkpoints beside them stay."""
         if self.storage is not None:
             for path in paths:
                 self.storage.remove(path)
+                self.storage.remove_empty_folders(path)
 
     def metrics(self, job_id: str, trial: str | None = None) -> list[dict[str, Any]]:
         return [

@@ -12,6 +12,6 @@ from __future__ import annotations
 
 import torch
 
-pytest_plugins = ["tests.redis_fixtures", "tests.ray_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.store_fixtures", "tests.ray_fixtures"]
 
 torch.set_num_threads(1)

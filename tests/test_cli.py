@@ -35,6 +35,7 @@ from jobs.scheduling import Demand
 from jobs.spec import JobSpec, load_spec_text
 from jobs.store import JobStore
 from tests.redis_fixtures import RedisProcess, free_port
+from tests.terminal import read_until_closed
 
 GENFLEET = Path(sys.executable).with_name("genfleet")
 EXAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "examples"
@@ -273,18 +274,9 @@ def _run_in_terminal(command: list[str], env: dict[str, str], columns: int) -> s
         command, stdout=follower, stderr=follower, env={**terminal_env, "TERM": "xterm"}
     )
     os.close(follower)
-    output = io.BytesIO()
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not chunk:
-            break
-        output.write(chunk)
-    os.close(leader)
+    output = read_until_closed(leader)
     assert process.wait(timeout=30) == 0
-    return output.getvalue().decode().replace("\r\n", "\n")
+    return output.decode().replace("\r\n", "\n")
 
 
 def test_list_filters_by_status_and_pages_with_limit(genfleet: Cli) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from jobs.records import JobNotFound, JobStatus
 from jobs.run_storage import RunStorage
+from tests.terminal import read_until_closed
 from tests.test_cli import GENFLEET, Cli, genfleet, tiny_spec
 
 __all__ = ["genfleet"]  # the fixture, used by name below
@@ -71,20 +72,7 @@ def answering(cli: Cli, answer: str, *args: str) -> tuple[int, str]:
         [str(GENFLEET), *args], stdin=follower, stdout=follower, stderr=follower, env=cli.env
     )
     os.close(follower)
-    shown = b""
-    answered = False
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-        if not answered and b"[y/N]" in shown:
-            os.write(leader, answer.encode() + b"\n")
-            answered = True
-    os.close(leader)
+    shown = read_until_closed(leader, prompt=b"[y/N]", reply=answer.encode() + b"\n")
     return process.wait(timeout=60), shown.decode().replace("\r\n", "\n")
 
 
@@ -272,7 +260,12 @@ def test_migrate_moves_legacy_images_into_storage_once(genfleet: Cli) -> None:
         0,
         f"moved 1 image(s) of 1 job(s) from Redis into {storage_root}\n",
     )
-    assert json.loads(again.stdout) == {"moved": 0, "jobs": 0}
+    assert json.loads(again.stdout) == {
+        "moved": 0,
+        "jobs": 0,
+        "trials_indexed": 0,
+        "keys_removed": 0,
+    }
     assert not genfleet.store.redis.hget(
         genfleet.store.keys.images(job_id), "samples:1"
     ).startswith(PNG[:8])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from jobs import deletion
 from jobs.deletion import (
     Deleted,
     NotDeletable,
@@ -106,16 +107,6 @@ def keys_of(client: redis.Redis, job_id: str) -> list[bytes]:
 def folders(store: JobStore, *job_ids: str) -> dict[str, list[str]]:
     assert store.storage is not None
     return store.storage.folders_of(set(job_ids))
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, tmp_path: Path) -> JobStore:
-    return JobStore(redis_client, storage=RunStorage(str(tmp_path / "storage")))
-
-
-@pytest.fixture
-def queue(redis_client: redis.Redis) -> JobQueue:
-    return JobQueue(redis_client)
 
 
 # -- 1,000 jobs: Redis back to its baseline ---------------------------------------------------
@@ -240,6 +231,29 @@ def test_a_queued_or_running_job_is_refused_and_nothing_in_the_batch_is_removed(
     assert store.get_image(done, "samples", 1) == PNG
 
 
+def test_a_job_retried_after_the_check_is_kept_and_the_error_names_the_ones_deleted(
+    queue: JobQueue, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, retried, last = (finished(queue, store, JobStatus.FAILED) for _ in range(3))
+    finish_stopped = deletion.finish_deletes
+
+    def retry_between_check_and_delete(given: JobStore) -> list[str]:
+        queue.retry(retried)  # as a user retrying it in the dashboard meanwhile
+        return finish_stopped(given)
+
+    monkeypatch.setattr(deletion, "finish_deletes", retry_between_check_and_delete)
+    with pytest.raises(NotDeletable) as refused:
+        delete_jobs(store, [first, retried, last])
+
+    assert [entry.job_id for entry in refused.value.deleted] == [first, last]
+    assert str(refused.value).endswith("; 2 job(s) of the batch were deleted")
+    assert store.get(retried).status is JobStatus.QUEUED
+    assert folders(store, first, retried, last) == {first: [], retried: [retried], last: []}
+    for job_id in (first, last):
+        with pytest.raises(JobNotFound):
+            store.get(job_id)
+
+
 def test_an_unknown_job_in_the_batch_deletes_none(queue: JobQueue, store: JobStore) -> None:
     done = finished(queue, store, JobStatus.FAILED)
 
@@ -290,6 +304,22 @@ def test_a_late_write_with_the_old_lease_after_the_delete_is_refused_and_creates
 
     assert keys_of(store.redis, lease.job_id) == []
     assert store.list_images(lease.job_id) == []
+    assert folders(store, lease.job_id) == {lease.job_id: []}  # not even an empty folder
+
+
+def test_a_write_refused_for_a_record_lost_with_redis_keeps_the_runs_checkpoints(
+    queue: JobQueue, store: JobStore, tmp_path: Path
+) -> None:
+    lease = start(queue, store)  # wrote an image and a checkpoint file
+    store.redis.delete(store.keys.job(lease.job_id))  # as a Redis that lost its last writes
+
+    with pytest.raises(JobNotFound):
+        store.write_for_run(lease, [Image("samples", 2, PNG + b"late")])
+
+    job_folder = tmp_path / "storage" / lease.job_id
+    assert (job_folder / "claim-1" / "checkpoint_000001" / "state.pt").read_bytes() == b"state"
+    late = list((job_folder / "images").rglob("samples-000002-*"))
+    assert late == [] and (job_folder / "images" / "job").is_dir()  # epoch 1's grid is kept
 
 
 @pytest.mark.parametrize(
@@ -314,6 +344,7 @@ def test_writes_outside_a_run_after_the_delete_raise_and_create_no_key(
         write(store, job_id)
 
     assert keys_of(store.redis, job_id) == []
+    assert folders(store, job_id) == {job_id: []}
 
 
 def test_the_idempotency_key_of_a_deleted_job_can_be_used_again(
@@ -363,6 +394,29 @@ def test_gc_deletes_only_jobs_that_finished_before_the_cutoff(
     assert sorted(deleted) == sorted(old)
     assert [record.id for record in store.list_jobs().records] == [active, recent]
     assert folders(store, *old, recent) == {**{job_id: [] for job_id in old}, recent: [recent]}
+
+
+def test_gc_keeps_a_job_retried_and_finished_again_after_it_was_listed(
+    queue: JobQueue, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, rerun = (finished(queue, store, JobStatus.FAILED) for _ in range(2))
+    cutoff_age = 0.5
+    time.sleep(cutoff_age + 0.1)
+    finish_stopped = deletion.finish_deletes
+
+    def rerun_between_listing_and_delete(given: JobStore) -> list[str]:
+        queue.retry(rerun)
+        claimed = queue.claim(WORKER, lease_seconds=60)
+        assert claimed is not None and claimed.job_id == rerun
+        queue.complete(claimed.lease, {})
+        return finish_stopped(given)
+
+    monkeypatch.setattr(deletion, "finish_deletes", rerun_between_listing_and_delete)
+    deleted = collect_garbage(store, cutoff_age)
+
+    assert deleted == [old]
+    assert store.get(rerun).status is JobStatus.SUCCEEDED
+    assert folders(store, rerun) == {rerun: [rerun]}
 
 
 def test_gc_with_statuses_deletes_only_jobs_that_ended_so(queue: JobQueue, store: JobStore) -> None:

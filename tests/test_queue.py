@@ -9,7 +9,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,7 +24,6 @@ from jobs.records import (
     Lease,
     LeaseLost,
 )
-from jobs.run_storage import RunStorage
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 from tests.redis_fixtures import RedisProcess
@@ -93,11 +91,6 @@ def spawned() -> Iterator[Callable[..., BaseProcess]]:
 @pytest.fixture
 def queue(redis_client: redis.Redis) -> JobQueue:
     return JobQueue(redis_client, backoff=Backoff(base_seconds=0.05, cap_seconds=0.05))
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, tmp_path: Path) -> JobStore:
-    return JobStore(redis_client, storage=RunStorage(str(tmp_path / "storage")))
 
 
 def test_claims_follow_priority_then_submit_order(queue: JobQueue) -> None:

@@ -7,7 +7,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
@@ -27,7 +26,6 @@ from jobs.messages import (
 )
 from jobs.queue import JobQueue
 from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
-from jobs.run_storage import RunStorage
 from jobs.scheduling import Demand
 from jobs.spec import JobSpec
 from jobs.store import Checkpoint, ImageNotFound, ImageRef, JobStore
@@ -78,16 +76,6 @@ def fleet(redis_server: RedisProcess) -> tuple[JobStore, list[Listed]]:
         queue.cancel(job.job_id)
         by_id[job.job_id] = Listed(job.job_id, job.model, job.kind, JobStatus.CANCELLED)
     return JobStore(client), [by_id[job.job_id] for job in jobs]
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, tmp_path: Path) -> JobStore:
-    return JobStore(redis_client, storage=RunStorage(str(tmp_path / "storage")))
-
-
-@pytest.fixture
-def queue(redis_client: redis.Redis) -> JobQueue:
-    return JobQueue(redis_client)
 
 
 def test_list_jobs_pages_newest_first_through_every_job(

@@ -1,15 +1,20 @@
--- ARGV: id. Removes a finished job from Redis in one step: its record, events, logs, artifacts
+-- ARGV: id, and for gc and retention the cutoff (Unix seconds) the job must have finished
+-- before, or ''. Removes a finished job from Redis in one step: its record, events, logs, artifacts
 -- (its trials' too) and index entries, and notes it in the deleted zset until jobs/deletion.py
 -- has removed its folders, so that a delete stopped half way is finished later. A write that
 -- comes later finds no record and is refused (lease_problem, write_artifacts.lua).
 -- Returns {'deleted', trial id, ...}, {'active', status} for a queued or running job, which is
--- left as it was, or {'missing'}.
-local id = ARGV[1]
+-- left as it was, {'recent'} for one that finished again after the cutoff (retried since gc
+-- listed it), also left, or {'missing'}.
+local id, cutoff = ARGV[1], tonumber(ARGV[2])
 local job = KEY.job .. id
-local fields = redis.call('HMGET', job, 'status', 'model_type', 'kind')
+local fields = redis.call('HMGET', job, 'status', 'model_type', 'kind', 'finished_at', 'updated_at')
 local status, model, kind = fields[1], fields[2], fields[3]
 if not status then return {'missing'} end
 if status == 'queued' or status == 'running' then return {'active', status} end
+-- A record from before finished_at was stamped on every ending has updated_at.
+local finished = tonumber(fields[4]) or tonumber(fields[5]) or 0
+if cutoff and finished >= cutoff then return {'recent'} end
 
 -- Trials with a row in the trials hash, and those that only wrote artifacts.
 local reply, seen = {'deleted'}, {}
