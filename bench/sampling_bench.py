@@ -1,4 +1,4 @@
-"""Naive vs cached sampling time for pixelcnn and gated_pixelcnn on CPU.
+"""Naive vs cached sampling time for every autoregressive model with a cached sampler, on CPU.
 
     .venv/bin/python bench/sampling_bench.py            # batch 16, median of 3
     .venv/bin/python bench/sampling_bench.py --quick    # batch 2, one run: a smoke test
@@ -21,14 +21,14 @@ from torch import Tensor
 
 from jobs.model_params import PARAMS_BY_MODEL
 from trainers.api import ImageShape
-from trainers.cached_sampling import CachedAutoregressiveModel, cached_sample
+from trainers.cached_sampling import IncrementalModel, cached_sample
 from trainers.models import build_model
 from trainers.sampling import naive_sample
 
-MODELS = ("pixelcnn", "gated_pixelcnn")
+MODELS = ("pixelcnn", "gated_pixelcnn", "pixelrnn_row", "pixelrnn_diag")
 SHAPE = ImageShape(channels=1, height=28, width=28, levels=256)
 NUM_CLASSES = 10
-Sampler = Callable[[CachedAutoregressiveModel, Tensor, torch.Generator], Tensor]
+Sampler = Callable[[IncrementalModel, Tensor, torch.Generator], Tensor]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Timing:
 
 
 def median_seconds(
-    sampler: Sampler, model: CachedAutoregressiveModel, labels: Tensor, repeats: int
+    sampler: Sampler, model: IncrementalModel, labels: Tensor, repeats: int
 ) -> tuple[float, Tensor]:
     """Median wall time of `repeats` runs from seed 0, and the images of the last run."""
     seconds = []
@@ -54,7 +54,7 @@ def median_seconds(
 def time_model(name: str, batch: int, repeats: int) -> Timing:
     torch.manual_seed(0)
     model = build_model(name, PARAMS_BY_MODEL[name](), SHAPE, NUM_CLASSES)
-    assert isinstance(model, CachedAutoregressiveModel)
+    assert isinstance(model, IncrementalModel)
     labels = torch.arange(batch) % NUM_CLASSES
     naive_seconds, naive_images = median_seconds(naive_sample, model, labels, repeats)
     cached_seconds, cached_images = median_seconds(cached_sample, model, labels, repeats)

@@ -1,10 +1,11 @@
-"""Fast sampling for convolutional autoregressive models: cache every layer's activations and,
-as each pixel is drawn, compute only that pixel's position in every layer.
+"""Fast sampling for autoregressive models: cache every layer's activations and, as each pixel
+is drawn, compute only that pixel's position in every layer.
 
 Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models": a layer's
 output at (i, j) reads its input only in a kernel-sized neighbourhood, all of which is already
 final when (i, j) comes up in raster order. Naive sampling reruns the network over the whole
-image for every sub-pixel, O((HW)^2) positions per image; this computes O(HW).
+image for every sub-pixel, O((HW)^2) positions per image; this computes O(HW). The PixelRNNs'
+incremental networks (trainers/models/pixelrnn_*.py) keep their LSTM states the same way.
 
 `cached_sample` draws the same up-front noise as `naive_sample` and spends it in the same
 order. Its logits equal the full network's up to float rounding (a matrix product in place of a
@@ -109,19 +110,33 @@ class IncrementalNetwork(Protocol):
         """Logits (N, C, levels) of pixel (row, col); updates every layer's cache there."""
 
 
-class CachedAutoregressiveModel(AutoregressiveModel):
+class IncrementalModel(AutoregressiveModel):
+    """An autoregressive model whose network can also run one pixel at a time: it samples and
+    completes through `cached_sample`, and its naive `sample_pixel` stays the reference."""
+
+    def incremental(self, labels: Tensor) -> IncrementalNetwork:
+        """A fresh incremental network for `len(labels)` images, all caches empty."""
+        raise NotImplementedError
+
+    def draw(
+        self,
+        labels: Tensor,
+        generator: torch.Generator,
+        given: Tensor | None = None,
+        first_row: int = 0,
+    ) -> Tensor:
+        return cached_sample(self, labels, generator, given=given, first_row=first_row)
+
+
+class CachedAutoregressiveModel(IncrementalModel):
     """A per-sub-pixel softmax from a network that can also run one pixel at a time.
 
     Subclasses give the full network (`logits`, for training and the naive sampler) and its
-    incremental twin (`incremental`); sampling and completions go through `cached_sample`.
+    incremental twin (`incremental`).
     """
 
     def logits(self, images: Tensor, labels: Tensor) -> Tensor:
         """Levels (B, C, H, W) -> logits (B, C, levels, H, W), causal in raster order."""
-        raise NotImplementedError
-
-    def incremental(self, labels: Tensor) -> IncrementalNetwork:
-        """A fresh incremental network for `len(labels)` images, all caches empty."""
         raise NotImplementedError
 
     def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
@@ -139,19 +154,10 @@ class CachedAutoregressiveModel(AutoregressiveModel):
             rows_so_far[:, channel, row, col] = categorical_pixel(logits, channel, row, col, noise)
         return rows_so_far[:, :, row, col]
 
-    def draw(
-        self,
-        labels: Tensor,
-        generator: torch.Generator,
-        given: Tensor | None = None,
-        first_row: int = 0,
-    ) -> Tensor:
-        return cached_sample(self, labels, generator, given=given, first_row=first_row)
-
 
 @torch.no_grad()
 def cached_sample(
-    model: CachedAutoregressiveModel,
+    model: IncrementalModel,
     labels: Tensor,
     generator: torch.Generator,
     given: Tensor | None = None,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from jobs.model_params import PixelRNNParams
 from trainers.api import ImageShape, to_unit_range
+from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
 from trainers.layers import MaskedConv2d, SubpixelLogitHead, lstm_scan
 from trainers.likelihood import categorical_nll
 from trainers.sampling import AutoregressiveModel, categorical_pixel
@@ -94,9 +96,93 @@ class RowLSTM(nn.Module):
         return states.transpose(2, 3)
 
 
-class RowPixelRNN(PixelRNN):
+class RowPixelRNN(PixelRNN, IncrementalModel):
+    """Samples row by row with each layer's states of the row above kept (`RowLSTMCaches`)."""
+
     name = "pixelrnn_row"
     lstm_layer = RowLSTM
+
+    def incremental(self, labels: Tensor) -> RowLSTMCaches:
+        return RowLSTMCaches(self, len(labels), labels.device)
+
+
+class RowLSTMCaches:
+    """The Row LSTM network one pixel at a time.
+
+    A pixel's states in a layer need the layer's states of the row above (three of them, by the
+    state-to-state conv) and the layer's input at the pixel and its left neighbour (the 1x3
+    input-to-state conv). So each layer keeps the row above's hidden and cell states and runs
+    its state-to-state conv over them once per row; everything else is computed at the pixel.
+    """
+
+    def __init__(self, model: RowPixelRNN, count: int, device: torch.device) -> None:
+        shape = model.shape
+        kernel = model.input_conv.kernel_size[0]
+        self.image = FeatureCache(count, shape.channels, shape, kernel // 2, device)
+        self.input_conv = PositionConv(model.input_conv)
+        residual = model.input_conv.out_channels
+        self.layers = [
+            RowLSTMLayerCache(lstm, upsample, count, residual, shape, device)
+            for lstm, upsample in zip(model.lstms, model.upsamples, strict=True)
+        ]
+        self.head = PositionHead(model.head)
+
+    def start_row(self, row: int) -> None:
+        del row  # each layer moves on from the row it last computed
+        for layer in self.layers:
+            layer.start_row()
+
+    def logits_at(self, row: int, col: int) -> Tensor:
+        features = self.input_conv.at(self.image, row, col)  # (N, residual)
+        for layer in self.layers:
+            features = layer.at(features, row, col)
+        return self.head(features)  # (N, C, levels)
+
+
+class RowLSTMLayerCache:
+    """One Row LSTM layer and its residual upsample (PixelRNN.logits) at one pixel at a time."""
+
+    def __init__(
+        self,
+        lstm: RowLSTM,
+        upsample: MaskedConv2d,
+        count: int,
+        residual: int,
+        shape: ImageShape,
+        device: torch.device,
+    ) -> None:
+        self.hidden = lstm.hidden
+        self.input_to_state = PositionConv(lstm.input_to_state)
+        self.state_to_state = lstm.state_to_state
+        self.upsample = PositionConv(upsample)
+        self.inputs = FeatureCache(count, residual, shape, 1, device)  # the 1x3 conv reads these
+        states = lstm.state_to_state.in_channels  # hidden * colour groups
+        self.blocks = states // lstm.hidden
+        # The current row's states; zeros before the first row, as in `lstm_scan`.
+        self.state = torch.zeros(count, states, shape.width, device=device)
+        self.cell = torch.zeros(count, self.blocks, lstm.hidden, shape.width, device=device)
+        self.cell_above: Tensor  # the row above's, and its states through state_to_state:
+        self.from_above: Tensor  # both set by start_row, which comes before every row
+
+    def start_row(self) -> None:
+        """The row computed so far becomes the row above."""
+        self.from_above = self.state_to_state(self.state)  # (N, blocks * 4 * hidden, W)
+        self.cell_above = self.cell
+        self.state = torch.zeros_like(self.state)
+        self.cell = torch.zeros_like(self.cell)
+
+    def at(self, features: Tensor, row: int, col: int) -> Tensor:
+        """The layer's residual output (N, residual) at (row, col) from its input there."""
+        self.inputs.write(row, col, features)
+        gates = self.input_to_state.at(self.inputs, row, col) + self.from_above[:, :, col]
+        output, forget, write, candidate = gates.view(-1, self.blocks, 4, self.hidden).unbind(2)
+        cell = torch.sigmoid(forget) * self.cell_above[..., col] + torch.sigmoid(
+            write
+        ) * torch.tanh(candidate)  # (N, blocks, hidden)
+        state = (torch.sigmoid(output) * torch.tanh(cell)).flatten(1)  # (N, blocks * hidden)
+        self.cell[..., col] = cell
+        self.state[..., col] = state
+        return features + self.upsample(state)
 
 
 MODEL = RowPixelRNN
