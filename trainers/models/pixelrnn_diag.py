@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.api import ImageShape
-from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
+from trainers.cached_sampling import IncrementalModel, PositionConv
 from trainers.layers import MaskedConv2d, lstm_scan, skew, unskew
-from trainers.models.pixelrnn_row import PixelRNN
+from trainers.models.pixelrnn_row import PixelRNN, PixelRNNCaches
 
 
 class DiagonalBiLSTM(nn.Module):
@@ -68,52 +68,27 @@ class DiagonalBiLSTM(nn.Module):
 
 class DiagonalPixelRNN(PixelRNN, IncrementalModel):
     """Samples with the left-to-right states computed pixel by pixel and the right-to-left
-    ones a row at a time (`DiagonalCaches`)."""
+    ones a row at a time (`DiagonalLayerCache`)."""
 
     name = "pixelrnn_diag"
     lstm_layer = DiagonalBiLSTM
 
-    def incremental(self, labels: Tensor) -> DiagonalCaches:
-        return DiagonalCaches(self, len(labels), labels.device)
+    def incremental(self, labels: Tensor) -> PixelRNNCaches:
+        return PixelRNNCaches(self, DiagonalLayerCache, len(labels), labels.device)
 
 
-class DiagonalCaches:
-    """The Diagonal BiLSTM network one pixel at a time, as far as its right-to-left pass allows.
+class DiagonalLayerCache:
+    """One Diagonal BiLSTM layer and its residual upsample, one pixel at a time, as far as its
+    right-to-left pass allows.
 
     Left to right, a pixel's states need the states of its left neighbour and of the pixel
     above (the 2x1 state-to-state conv on the skewed map), so they are computed at the pixel.
     Right to left, a pixel's states need its right neighbour's, which comes later in raster
     order: a row's are ready only once the whole row is. The network reads them one row down,
-    so each layer runs its right-to-left scan over the row above when a row starts: a pixel's
+    so the layer runs its right-to-left scan over the row above when a row starts: a pixel's
     right-to-left states are computed once, a row late; its left-to-right ones once per
     sub-pixel drawn there, as every other layer's values.
     """
-
-    def __init__(self, model: DiagonalPixelRNN, count: int, device: torch.device) -> None:
-        shape = model.shape
-        kernel = model.input_conv.kernel_size[0]
-        self.image = FeatureCache(count, shape.channels, shape, kernel // 2, device)
-        self.input_conv = PositionConv(model.input_conv)
-        residual = model.input_conv.out_channels
-        self.layers = [
-            DiagonalLayerCache(lstm, upsample, count, residual, shape, device)
-            for lstm, upsample in zip(model.lstms, model.upsamples, strict=True)
-        ]
-        self.head = PositionHead(model.head)
-
-    def start_row(self, row: int) -> None:
-        for layer in self.layers:
-            layer.start_row(row)
-
-    def logits_at(self, row: int, col: int) -> Tensor:
-        features = self.input_conv.at(self.image, row, col)  # (N, residual)
-        for layer in self.layers:
-            features = layer.at(features, row, col)
-        return self.head(features)  # (N, C, levels)
-
-
-class DiagonalLayerCache:
-    """One Diagonal BiLSTM layer and its residual upsample at one pixel at a time."""
 
     def __init__(
         self,

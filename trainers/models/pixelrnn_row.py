@@ -9,7 +9,8 @@ nats per image (`nll_nats`), divided by the sub-pixels per image (`loss`).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -97,40 +98,51 @@ class RowLSTM(nn.Module):
 
 
 class RowPixelRNN(PixelRNN, IncrementalModel):
-    """Samples row by row with each layer's states of the row above kept (`RowLSTMCaches`)."""
+    """Samples pixel by pixel with each layer's states of the row above kept
+    (`RowLSTMLayerCache`)."""
 
     name = "pixelrnn_row"
     lstm_layer = RowLSTM
 
-    def incremental(self, labels: Tensor) -> RowLSTMCaches:
-        return RowLSTMCaches(self, len(labels), labels.device)
+    def incremental(self, labels: Tensor) -> PixelRNNCaches:
+        return PixelRNNCaches(self, RowLSTMLayerCache, len(labels), labels.device)
 
 
-class RowLSTMCaches:
-    """The Row LSTM network one pixel at a time.
+class LayerCache(Protocol):
+    """One LSTM layer of a PixelRNN and its residual upsample, one pixel at a time."""
 
-    A pixel's states in a layer need the layer's states of the row above (three of them, by the
-    state-to-state conv) and the layer's input at the pixel and its left neighbour (the 1x3
-    input-to-state conv). So each layer keeps the row above's hidden and cell states and runs
-    its state-to-state conv over them once per row; everything else is computed at the pixel.
-    """
+    def start_row(self, row: int) -> None:
+        """Rows above `row` are final."""
 
-    def __init__(self, model: RowPixelRNN, count: int, device: torch.device) -> None:
+    def at(self, features: Tensor, row: int, col: int) -> Tensor:
+        """The layer's residual output (N, residual) at (row, col) from its input there."""
+
+
+class PixelRNNCaches:
+    """A PixelRNN one pixel at a time: the 7x7 input conv on the image cache, then each
+    layer's cache (`layer_cache`, for the model's kind of LSTM), then the head."""
+
+    def __init__(
+        self,
+        model: PixelRNN,
+        layer_cache: Callable[..., LayerCache],
+        count: int,
+        device: torch.device,
+    ) -> None:
         shape = model.shape
         kernel = model.input_conv.kernel_size[0]
         self.image = FeatureCache(count, shape.channels, shape, kernel // 2, device)
         self.input_conv = PositionConv(model.input_conv)
         residual = model.input_conv.out_channels
         self.layers = [
-            RowLSTMLayerCache(lstm, upsample, count, residual, shape, device)
+            layer_cache(lstm, upsample, count, residual, shape, device)
             for lstm, upsample in zip(model.lstms, model.upsamples, strict=True)
         ]
         self.head = PositionHead(model.head)
 
     def start_row(self, row: int) -> None:
-        del row  # each layer moves on from the row it last computed
         for layer in self.layers:
-            layer.start_row()
+            layer.start_row(row)
 
     def logits_at(self, row: int, col: int) -> Tensor:
         features = self.input_conv.at(self.image, row, col)  # (N, residual)
@@ -140,7 +152,13 @@ class RowLSTMCaches:
 
 
 class RowLSTMLayerCache:
-    """One Row LSTM layer and its residual upsample (PixelRNN.logits) at one pixel at a time."""
+    """One Row LSTM layer and its residual upsample (PixelRNN.logits) at one pixel at a time.
+
+    A pixel's states need the layer's states of the row above (three of them, by the
+    state-to-state conv) and the layer's input at the pixel and its left neighbour (the 1x3
+    input-to-state conv). So the layer keeps the row above's hidden and cell states and runs
+    its state-to-state conv over them once per row; everything else is computed at the pixel.
+    """
 
     def __init__(
         self,
@@ -164,8 +182,9 @@ class RowLSTMLayerCache:
         self.cell_above: Tensor  # the row above's, and its states through state_to_state:
         self.from_above: Tensor  # both set by start_row, which comes before every row
 
-    def start_row(self) -> None:
+    def start_row(self, row: int) -> None:
         """The row computed so far becomes the row above."""
+        del row  # the layer moves on from the row it last computed
         self.from_above = self.state_to_state(self.state)  # (N, blocks * 4 * hidden, W)
         self.cell_above = self.cell
         self.state = torch.zeros_like(self.state)
