@@ -32,6 +32,7 @@ ENVIRONMENT = {
 # Redis's own memory notation (redis.conf): k, m, g are powers of 1000, kb, mb, gb of 1024.
 REDIS_MEMORY = re.compile(r"(\d+)(b|k|kb|m|mb|g|gb)?")
 DEFAULT_REDIS_MAXMEMORY = "1gb"
+DEFAULT_DASHBOARD_PORT = 8501
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Settings:
             storage=env.get("GENFLEET_STORAGE", str(home / "storage")),
             data_dir=Path(env.get("GENFLEET_DATA_DIR", home / "data")).expanduser(),
             dashboard_address=env.get("GENFLEET_DASHBOARD_ADDRESS", "127.0.0.1"),
-            dashboard_port=int(env.get("GENFLEET_DASHBOARD_PORT", "8501")),
+            dashboard_port=_dashboard_port(env.get("GENFLEET_DASHBOARD_PORT", "")),
             dashboard_password=env.get("GENFLEET_DASHBOARD_PASSWORD") or None,
             max_cluster=MaxCluster.parse(env.get("GENFLEET_MAX_CLUSTER", "")),
             redis_maxmemory=_redis_maxmemory(env.get("GENFLEET_REDIS_MAXMEMORY", "")),
@@ -126,6 +127,15 @@ def _redis_maxmemory(text: str) -> str:
             f"(units b, k, kb, m, mb, g, gb), got {text!r}"
         )
     return f"{int(match[1])}{match[2] or ''}"
+
+
+def _dashboard_port(text: str) -> int:
+    if not text:
+        return DEFAULT_DASHBOARD_PORT
+    port = int(text) if text.strip().isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise LimitError(f"GENFLEET_DASHBOARD_PORT: must be a port from 1 to 65535, got {text!r}")
+    return port
 
 
 def _retention_days(text: str) -> float | None:

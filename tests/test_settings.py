@@ -1,4 +1,5 @@
-"""Settings read from the environment: the embedded Redis's memory cap and job retention.
+"""Settings read from the environment: the embedded Redis's memory cap, job retention and the
+dashboard's port.
 (GENFLEET_MAX_CLUSTER is tested with placement, in test_placement.py.)"""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ RETENTION_ERROR = "GENFLEET_RETENTION_DAYS: must be a number of days > 0, got {!
 def unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GENFLEET_REDIS_MAXMEMORY", raising=False)
     monkeypatch.delenv("GENFLEET_RETENTION_DAYS", raising=False)
+    monkeypatch.delenv("GENFLEET_DASHBOARD_PORT", raising=False)
 
 
 def test_unset_redis_gets_one_gigabyte_and_finished_jobs_are_kept_forever() -> None:
@@ -64,3 +66,25 @@ def test_a_bad_retention_days_is_one_error_naming_the_variable(
     with pytest.raises(LimitError) as caught:
         Settings.from_env()
     assert str(caught.value) == RETENTION_ERROR.format(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "port"), [("", 8501), ("8600", 8600), (" 1 ", 1), ("65535", 65535)]
+)
+def test_dashboard_port_is_a_port_number(
+    text: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENFLEET_DASHBOARD_PORT", text)
+    assert Settings.from_env().dashboard_port == port
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "-1", "http", "85o1", "8501.0"])
+def test_a_bad_dashboard_port_is_one_error_naming_the_variable(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENFLEET_DASHBOARD_PORT", text)
+    with pytest.raises(LimitError) as caught:
+        Settings.from_env()
+    assert str(caught.value) == (
+        f"GENFLEET_DASHBOARD_PORT: must be a port from 1 to 65535, got {text!r}"
+    )
