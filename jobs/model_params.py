@@ -90,14 +90,3 @@ PARAMS_BY_MODEL: dict[str, type[Params]] = {
     "vae": VAEParams,
     "dcgan": DCGANParams,
 }
-
-ModelType = Literal[
-    "pixelcnn",
-    "gated_pixelcnn",
-    "pixelcnn_pp",
-    "pixelrnn_row",
-    "pixelrnn_diag",
-    "autoencoder",
-    "vae",
-    "dcgan",
-]

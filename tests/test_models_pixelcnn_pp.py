@@ -55,8 +55,24 @@ def striped_digits() -> Tensor:
 
 def test_registry_builds_it_by_name() -> None:
     assert model_class("pixelcnn_pp") is PixelCNNPP
-    assert PixelCNNPP.name == "pixelcnn_pp"
-    assert PixelCNNPP.noise_per_subpixel == 2
+
+
+@pytest.mark.parametrize("uniform", range(PixelCNNPP.noise_per_subpixel))
+def test_a_sub_pixel_draw_spends_each_of_its_uniforms(uniform: int) -> None:
+    """`noise_per_subpixel` uniforms per sub-pixel (mixture component, logistic draw): drawing
+    one of them anew changes some of 64 draws."""
+    torch.manual_seed(0)
+    model = make_model(channels=3, levels=256).eval()
+    images = torch.zeros(64, 3, 8, 8, dtype=torch.long)
+    labels = torch.zeros(64, dtype=torch.long)
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.rand(64, 3, PixelCNNPP.noise_per_subpixel, generator=generator)
+    redrawn = noise.clone()
+    redrawn[..., uniform] = torch.rand(64, 3, generator=generator)
+    with torch.no_grad():
+        first = model.sample_pixel(images, labels, 2, 3, noise)
+        second = model.sample_pixel(images, labels, 2, 3, redrawn)
+    assert not torch.equal(first, second)
 
 
 def test_resolutions_halve_while_the_image_allows() -> None:
