@@ -33,7 +33,7 @@ class Mailbox:
         self._messages: deque[Message] = deque()
         self._bytes = 0  # of the images and log lines waiting
         self._bytes_kept = bytes_kept
-        self._dropped = {Image: 0, Log: 0}  # not yet told
+        self._dropped = dict.fromkeys(DROPPABLE, 0)  # not yet told
 
     def put(self, message: Message) -> None:
         self._messages.append(message)
@@ -70,7 +70,7 @@ class Mailbox:
         drained: list[Message] = []
         if any(self._dropped.values()):
             drained.append(Log(self._dropped_line()))
-            self._dropped = {Image: 0, Log: 0}
+            self._dropped = dict.fromkeys(DROPPABLE, 0)
         while self._messages and len(drained) < limit:
             message = self._messages.popleft()
             if isinstance(message, DROPPABLE):

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from jobs.deletion import BATCH
 from jobs.keys import TRIAL_INFIX
 from jobs.messages import Image
 from jobs.queue import LuaScript, load_script
 from jobs.store import PNG_SIGNATURE, JobStore
-
-BATCH = 500  # jobs per round trip of the indexing
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,7 @@ from jobs.messages import (  # the store's own Checkpoint is the record a reader
 )
 from jobs.queue import load_script
 from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
-from jobs.run_storage import (
-    ImageUnreadable,
-    RunStorage,
-    StoredFile,
-    belongs_to,
-    image_path,
-)
+from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, belongs_to, image_path
 
 IMAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # "samples", "reconstructions", ...
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -319,6 +313,8 @@ class JobStore:
         if self.storage is not None:
             for path in paths:
                 self.storage.remove(path)
+            one_per_folder = {path.rpartition("/")[0]: path for path in paths}
+            for path in one_per_folder.values():
                 self.storage.remove_empty_folders(path)
 
     def metrics(self, job_id: str, trial: str | None = None) -> list[dict[str, Any]]:
