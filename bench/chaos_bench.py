@@ -324,7 +324,7 @@ class Chaos:
 
 
 def dispatcher_pid(dispatcher: DispatcherHost) -> int:
-    """Its id is "<host>-<pid>", the pid of the `genfleet worker` the harness started."""
+    """Its id is "<host>-<pid>", the pid of the `genfleet dispatcher` the harness started."""
     if dispatcher.dispatcher_id is None:
         raise RuntimeError(f"dispatcher on {dispatcher.host.name} has not started")
     return int(dispatcher.dispatcher_id.rsplit("-", 1)[1])

@@ -161,7 +161,7 @@ def run_messages(shape: Shape, grids: Grids, job_id: str, storage: Path) -> list
     info |= {"steps_per_epoch": STEPS_PER_EPOCH, "world_size": 1, "ema": 0.0}
     start = f"[dispatcher {WORKER}] attempt 1: starting"
     batches: list[list[Message]] = [[Log(start), RunInfo(info)]]
-    claim_folder = storage / job_id / "claim-1"  # cluster/job_runner.py's run folder, claim 1
+    claim_folder = storage / job_id / "claim-1"  # cluster/train_run.py's run folder, claim 1
     for epoch, pngs in enumerate(grids, start=1):
         row = metrics_row(epoch, len(grids), shape.dims)
         images: list[Message] = [Image(name, epoch, png) for name, png in pngs]
@@ -196,7 +196,7 @@ def write_as_before(client: Redis, keys: Keys, lease: Lease, messages: list[Mess
                 pipe.rpush(keys.checkpoints(job_id), entry)
             case ("event", _, text, _):
                 event = {"ts": time.time(), "status": "running", "message": text}
-                pipe.rpush(keys.events(job_id), compact_json({**event, "worker": lease.owner}))
+                pipe.rpush(keys.events(job_id), compact_json({**event, "dispatcher": lease.owner}))
     pipe.execute()
 
 

@@ -9,7 +9,7 @@ this run. The same spec throughout: PixelCNN with its default params on digits, 
 
 a. Ray Train overhead. Each round trains the spec through `train_job` twice: bare in this
    process (a plain RunContext and a FolderReporter), then in one Ray Train worker of 1 CPU
-   (`build_trainer` and the ray_adapter, as a dispatcher runs it). Both use one torch thread
+   (`build_trainer` and the Train worker function, as a dispatcher runs it). Both use one torch thread
    (Ray gives a 1-CPU worker OMP_NUM_THREADS=1). Seconds per step come from inside the loop:
    each epoch's batch size over its `images_per_s` (full epochs of 25 full batches). The first
    epoch of every run is warm-up and left out. Beside: the run's wall time and the part of it
@@ -18,7 +18,7 @@ a. Ray Train overhead. Each round trains the spec through `train_job` twice: bar
    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, and the worker's next report waits for it). A third run
    per round uses Ray's default of 2 s instead of genfleet's 0.25 s, to show what that costs.
 b. Submit to first step on a warm stack: `JobQueue.submit`, claimed by a Dispatcher (a thread
-   here, with `genfleet worker`'s lease and poll defaults) that starts a Ray Train run, beside
+   here, with `genfleet dispatcher`'s lease and poll defaults) that starts a Ray Train run, beside
    Ray's Jobs API `submit_job` of `genfleet run-local` on the same spec (1 entrypoint CPU).
    The spec trains one epoch of one step, so its first metrics report (the job store's metrics
    for genfleet, metrics.jsonl for run-local) comes after the first step and the same
@@ -52,9 +52,9 @@ from ray.job_submission import JobStatus as RayJobStatus
 from ray.job_submission import JobSubmissionClient
 
 from cluster.dispatcher import Dispatcher
-from cluster.job_runner import REPORT_POLL_SECONDS, REPORT_POLL_VARIABLE, build_trainer
 from cluster.ray_runtime import connect_ray
 from cluster.relay import Relay
+from cluster.train_run import REPORT_POLL_SECONDS, REPORT_POLL_VARIABLE, build_trainer
 from jobs.messages import Message, Metrics
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
@@ -325,7 +325,7 @@ def measure_latencies(
         "Ray Jobs API: `genfleet run-local`": lambda: ray_job_latency(client, spec_path, home),
     }
     stop = threading.Event()
-    dispatcher = Dispatcher(queue, store, settings)  # `genfleet worker`'s defaults
+    dispatcher = Dispatcher(queue, store, settings)  # `genfleet dispatcher`'s defaults
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
     try:

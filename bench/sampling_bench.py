@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from jobs.model_params import PARAMS_BY_MODEL
-from trainers.api import ImageShape
 from trainers.cached_sampling import IncrementalModel, cached_sample
+from trainers.generative_model import ImageShape
 from trainers.models import build_model
 from trainers.sampling import naive_sample
 

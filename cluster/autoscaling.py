@@ -22,7 +22,7 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from ray.exceptions import RayError
 
-from cluster.job_runner import scaling_config
+from cluster.train_run import scaling_config
 from jobs.records import JobRecord
 from jobs.scheduling import Bundle, Demand
 from jobs.settings import MaxCluster

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.fs
 import ray
 
-from cluster.job_runner import CLAIM_PREFIX
+from cluster.train_run import CLAIM_PREFIX
 from jobs.run_storage import located
 from trainers.checkpoint import FOLDER_PREFIX, STATE_FILE
 

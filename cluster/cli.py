@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from cluster import cli_evaluate, cli_jobs, cli_local, cli_stack, cli_storage
 from cluster.cli_errors import friendly_errors
-from jobs.limits import limits
+from jobs.settings import limits
 
 
 def build_parser() -> argparse.ArgumentParser:

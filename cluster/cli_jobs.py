@@ -284,7 +284,7 @@ def _queue_status(
 def _dispatchers_status(cluster: dict[str, Any] | None) -> None:
     """What the live dispatchers last said: who waits, why, and the demand sent."""
     if cluster is None:
-        stdout.print("no dispatcher has reported; start one with `genfleet worker`")
+        stdout.print("no dispatcher has reported; start one with `genfleet dispatcher`")
         return
     bound = cluster.get("max_cluster") or "unbounded"
     stdout.print(

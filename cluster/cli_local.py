@@ -9,6 +9,8 @@ from cluster.cli_errors import UserError
 from genfleet.specs import as_spec
 from jobs.settings import Settings
 
+INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser(
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     # torch loads here, after the spec is checked: the queue commands and spec errors stay instant
     from trainers.checkpoint import CheckpointError
     from trainers.data import DatasetError
+    from trainers.loop import TrainingCancelled
     from trainers.run_local import run_local
 
     out_dir = args.out or Path("runs") / spec.name
@@ -39,5 +42,10 @@ def run(args: argparse.Namespace) -> int:
         run_local(spec, out_dir, settings.data_dir, not args.no_progress, resume_from=args.resume)
     except (DatasetError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
+    except TrainingCancelled as exc:
+        checkpoints = sorted((out_dir / "checkpoints").glob("epoch-*"))
+        resume = f"resume with --resume {checkpoints[-1]}" if checkpoints else "no checkpoint yet"
+        print(f"stopped: {exc}; what it wrote is in {out_dir}, {resume}")
+        return INTERRUPTED
     print(f"done: metrics, samples and checkpoints in {out_dir}")
     return 0

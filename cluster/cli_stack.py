@@ -1,4 +1,4 @@
-"""`genfleet worker`, `genfleet dashboard` and `genfleet up`: the long-running services."""
+"""`genfleet dispatcher`, `genfleet dashboard` and `genfleet up`: the long-running services."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ DEMO_SPECS = ("demo_pixelcnn_digits.yaml", "demo_sweep_digits.yaml")
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    command = subcommands.add_parser("worker", help="run a dispatcher: drain the queue onto Ray")
+    # `worker`, its old name, still starts one: deployments written for it keep working.
+    command = subcommands.add_parser(
+        "dispatcher", aliases=["worker"], help="run a dispatcher: drain the queue onto Ray"
+    )
     _ray_address_option(command)
     command.add_argument("--lease-seconds", type=float, default=30.0)
     command.add_argument("--poll-seconds", type=float, default=0.5)
-    command.set_defaults(handler=worker)
+    command.set_defaults(handler=run_dispatcher)
 
     command = subcommands.add_parser("dashboard", help="serve the Streamlit dashboard")
     command.add_argument("--address", help="bind address (default 127.0.0.1)")
@@ -79,7 +82,7 @@ def _dispatcher(settings: Settings, args: argparse.Namespace) -> tuple[Any, str 
     return dispatcher, ray_dashboard
 
 
-def worker(args: argparse.Namespace) -> int:
+def run_dispatcher(args: argparse.Namespace) -> int:
     # Operators read why a run stopped or a lease went (cluster/dispatcher.py) in this output.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings.from_env()

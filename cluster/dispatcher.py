@@ -1,4 +1,4 @@
-"""The dispatcher (`genfleet worker`): drains the Redis queue onto a Ray cluster.
+"""The dispatcher (`genfleet dispatcher`): drains the Redis queue onto a Ray cluster.
 
 One loop, a tick every `poll_seconds`:
 1. stop the runs whose lease the lease keeper (cluster/lease_keeper.py, a thread of its own,
@@ -13,7 +13,7 @@ ends or hands back that one job, with the reason, and every other job is service
 tick. A Redis that refuses writes for memory (`maxmemory`, noeviction) is no job's fault: the
 dispatcher says "Redis is full" in its status, claims nothing, keeps each run's messages (in
 the run's relay, which bounds them), and goes on once writes are taken again; leases, final
-states and its status are written even by a full Redis (jobs/queue.py, ALLOWED_WHEN_FULL).
+states and its status are written even by a full Redis (jobs/lua_scripts.py, ALLOWED_WHEN_FULL).
 
 Everything written for a run carries its lease (jobs/queue.py), so once another dispatcher owns
 a job nothing from this one lands, and a refused write stops this copy of the run at once. A
@@ -49,10 +49,11 @@ from redis.exceptions import NoPermissionError, OutOfMemoryError
 from cluster import ray_runtime
 from cluster.autoscaling import AutoscalerDemand
 from cluster.checkpoint_pruning import Deletions, RecordedCheckpoints
-from cluster.job_runner import is_running_on_ray, run_folder, start_runner, stop_stale_runner
+from cluster.job_runner import is_running_on_ray, start_runner, stop_stale_runner
 from cluster.lease_keeper import LeaseKeeper
-from cluster.placement import Resources, judge_queued_jobs, largest_cluster
+from cluster.placement import judge_queued_jobs, largest_cluster
 from cluster.relay import Relay
+from cluster.train_run import run_folder
 from jobs.deletion import BATCH as RETENTION_BATCH
 from jobs.deletion import apply_retention
 from jobs.keys import (
@@ -68,10 +69,11 @@ from jobs.messages import (
     Message,
     PlacementGroup,
     TrialUpdate,
+    Unrecoverable,
     Worker,
     message_bytes,
 )
-from jobs.queue import ClaimedJob, JobQueue
+from jobs.queue import ClaimedJob, JobQueue, Resources
 from jobs.records import (
     InvalidTransition,
     JobNotFound,
@@ -89,7 +91,6 @@ from trainers.trackers import RunOutcome, end_open_runs
 
 log = logging.getLogger("genfleet.dispatcher")
 
-NOT_RETRYABLE = ("NonFiniteLossError", "SpecError", "DatasetError", "CheckpointError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
 PRUNE_SECONDS = 15.0  # the most a stopping dispatcher waits for its checkpoint deletions
@@ -139,10 +140,35 @@ class ActiveJob:
     emptied_at: float | None = None
     drain_limit: int = 0  # messages the drain in flight asks for
     fatal_error: str | None = None  # the run stopped itself (NaN loss): fail, do not retry
+    trials_seen: set[str] = field(default_factory=set)  # every trial the sweep reported on
+    # Each `Unrecoverable` by trial (None: the job's): a failure a retry would raise again.
+    unrecoverable: dict[str | None, set[str]] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
         return self.lease.job_id
+
+    @property
+    def fails_for_good(self) -> bool:
+        """Whether a retry of the failed run would fail the same way: the run met an error of
+        jobs/failures.py, or every trial of the sweep did (one trial's is that trial's own)."""
+        if None in self.unrecoverable:
+            return True
+        return bool(self.trials_seen) and self.trials_seen <= set(self.unrecoverable)
+
+    def is_news(self, message: Message) -> bool:
+        """Note what decides whether a failure of the run is retried (`fails_for_good`); False
+        for an `Unrecoverable` already noted: every rank and each of Ray Train's restarts of
+        the run send the same one, and the job's log says it once."""
+        if isinstance(message, TrialUpdate):
+            self.trials_seen.add(message.trial)
+        if not isinstance(message, Unrecoverable):
+            return True
+        seen = self.unrecoverable.setdefault(message.trial, set())
+        if message.error in seen:
+            return False
+        seen.add(message.error)
+        return True
 
     @property
     def node_ids(self) -> list[str]:
@@ -565,7 +591,11 @@ class Dispatcher:
         A message leaves `undelivered` only once stored, so a Redis outage delays a run's
         metrics and images instead of losing the ones drained when it began.
         """
-        drained = [m for m in self._collect_drain(job, wait_seconds) if job.from_current_workers(m)]
+        drained = [
+            m
+            for m in self._collect_drain(job, wait_seconds)
+            if job.from_current_workers(m) and job.is_news(m)
+        ]
         job.undelivered.extend(drained)
         for message in drained:
             try:
@@ -647,9 +677,8 @@ class Dispatcher:
             with suppress(RelayLost):  # the failure is the run's, whatever became of its relay
                 self._relay_everything(job)
             message = _root_cause(exc)
-            retryable = not any(name in message for name in NOT_RETRYABLE)
             trace = _without_colours(traceback.format_exc())
-            self.queue.fail(job.lease, message, trace, retryable)
+            self.queue.fail(job.lease, message, trace, retryable=not job.fails_for_good)
             # A killed worker (its Ray actor died) closed no tracker.
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
         except (RayActorError, ActorUnschedulableError) as exc:  # lost with its node

@@ -21,7 +21,6 @@ from jobs.settings import MaxCluster
 from jobs.spec import ScalingSpec
 
 __all__ = [
-    "Resources",
     "Verdict",
     "Wait",
     "judge_queued_jobs",

@@ -1,4 +1,6 @@
-"""Connect to Ray: an existing cluster when an address is given, else a local one.
+"""Ray's runtime as genfleet uses it: connecting (to an existing cluster when an address is
+given, else a local one), what the cluster offers, where runners go, and the handles a stop
+frees or aborts (placement groups, a run's Train controller).
 
 Ray's token authentication stays on (Ray >= 2.59 enables it for local clusters; a remote
 cluster's token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token). genfleet never starts the Ray
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.util import get_current_placement_group
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -105,3 +108,24 @@ def on_the_head() -> NodeAffinitySchedulingStrategy | str:
         if node.get("Alive") and HEAD_NODE_RESOURCE in node.get("Resources", {}):
             return NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
     return "DEFAULT"
+
+
+def train_controller() -> Any | None:
+    """This run's Ray Train controller, which the dispatcher aborts to cancel the run.
+
+    Ray Train has no public handle to it; its internal train context (Ray 2.60) holds one.
+    None where a Ray release keeps it elsewhere: cancel then relies on the runner's death and
+    on the placement groups the workers reported.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        return get_train_context().controller_actor
+    except (ImportError, AttributeError):
+        return None
+
+
+def placement_group_id() -> str | None:
+    """The placement group this process runs in, which the dispatcher frees on cancel."""
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else None

@@ -14,25 +14,19 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from cluster.checkpoint_pruning import KEPT_CHECKPOINTS
-from cluster.job_runner import claim_trainer
-from jobs.messages import Log, PlacementGroup, TrialUpdate
+from cluster.ray_runtime import placement_group_id
+from cluster.train_run import claim_trainer
+from jobs.failures import NotRetryable
+from jobs.messages import Log, PlacementGroup, TrialUpdate, Unrecoverable
 from jobs.records import TrialStatus
-from jobs.spec import (
-    Choice,
-    Grid,
-    JobSpec,
-    LogUniform,
-    RandInt,
-    SearchDomain,
-    Uniform,
-    apply_overrides,
-)
-from trainers.ray_adapter import placement_group_id
+from jobs.search_domains import Choice, Grid, LogUniform, RandInt, SearchDomain, Uniform
+from jobs.spec import JobSpec, apply_overrides
 
 # What a trial's own process reserves: it only drives its TorchTrainer, whose workers hold the
 # real resources. Memory, not a sliver of CPU: with 0.01 CPU per driver, two concurrent trials
@@ -81,7 +75,11 @@ def run_sweep(
     def trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
         relay.put.remote(PlacementGroup(placement_group_id(), trial_id))
-        trial_spec = apply_overrides(spec, config)
+        try:
+            trial_spec = apply_overrides(spec, config)
+        except NotRetryable as exc:  # a sampled value the spec refuses: every retry samples it
+            ray.get(relay.put.remote(Unrecoverable(f"{type(exc).__name__}: {exc}", trial_id)))
+            raise
         trainer = claim_trainer(
             trial_spec,
             {**loop_config, "trial": trial_id},
@@ -203,11 +201,21 @@ def _scheduler(spec: JobSpec) -> Any:
 
 
 class TrialRelay(tune.Callback):
-    """Sends each trial's config, status and, for early stops, the reason to the relay."""
+    """Sends each trial's config, status and, for early stops, the reason to the relay.
+
+    Holds plain values only: Tune pickles its callbacks into the experiment, and a restore,
+    perhaps by a newer genfleet, must read them back (a JobSpec would tie the pickle to the
+    spec's classes).
+    """
 
     def __init__(self, job_id: str, spec: JobSpec) -> None:
+        sweep = spec.sweep
+        assert sweep is not None
         self.job_id = job_id
-        self.spec = spec
+        self.metric, self.test_metric = sweep.metric, sweep.test_metric or ""
+        self.epochs = spec.train.epochs
+        self.stops_early = sweep.scheduler == "asha"
+        self.finished_resent = False
 
     def _send(
         self,
@@ -216,15 +224,13 @@ class TrialRelay(tune.Callback):
         reason: str | None = None,
         result: dict | None = None,
     ) -> None:
-        sweep = self.spec.sweep
-        assert sweep is not None
         last = result or trial.last_result or {}
         info = {
             "config": _plain(trial.config),
             "status": status.value,
             # Tune hands metric values over as numpy scalars, which JSON cannot hold.
-            "metric": _plain_value(last.get(sweep.metric)),
-            "test_metric": _plain_value(last.get(sweep.test_metric or "")),
+            "metric": _plain_value(last.get(self.metric)),
+            "test_metric": _plain_value(last.get(self.test_metric)),
             "iterations": last.get("epoch", 0),
             "reason": reason,
         }
@@ -240,7 +246,7 @@ class TrialRelay(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = (trial.last_result or {}).get("epoch", 0)
-        if done < self.spec.train.epochs and self.spec.sweep.scheduler == "asha":
+        if done < self.epochs and self.stops_early:
             reason = (
                 f"stopped early by ASHA after epoch {done}: below the top "
                 f"1/{ASHA_REDUCTION_FACTOR} of trials at that rung"
@@ -253,6 +259,24 @@ class TrialRelay(tune.Callback):
         self._send(
             trial, TrialStatus.ERROR, str(getattr(trial, "error_file", "") or "trial failed")
         )
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Once, as a restored experiment's first step begins: each finished trial's end again.
+        A trial that ended just before its dispatcher died had its update lost with that
+        dispatcher's relay, and `Tuner.restore` does not run a finished trial again."""
+        if not self.finished_resent:
+            self.finished_resent = True
+            self._send_finished(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._send_finished(trials)  # the restored run's dispatcher may have died in turn
+
+    def _send_finished(self, trials: list) -> None:
+        for trial in trials:
+            if trial.status == Trial.TERMINATED:
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == Trial.ERROR:
+                self.on_trial_error(0, trials, trial)
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

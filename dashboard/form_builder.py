@@ -10,18 +10,17 @@ import streamlit as st
 
 from dashboard.field_inputs import field_input, form_fields
 from dashboard.spec_builder import (
-    DOMAINS,
     SearchRange,
     build_spec,
     parse_range,
     range_to_yaml,
     spec_to_yaml,
-    tunable_paths,
 )
 from dashboard.spec_review import review_and_submit
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.recipes import RECIPES
-from jobs.spec import DATASETS, ScalingSpec, SchedulingSpec, SweepSpec, TrainSpec
+from jobs.search_domains import SEARCH_DOMAINS
+from jobs.spec import DATASETS, ScalingSpec, SchedulingSpec, SweepSpec, TrainSpec, tunable_paths
 
 SPACE_KEY = "form.space"
 TRAIN_FIELDS = [
@@ -90,7 +89,7 @@ def space_editor(model_type: str) -> list[SearchRange]:
         )
     path, domain, values, add = st.columns([3, 2, 3, 1], vertical_alignment="bottom")
     path.selectbox("Parameter", tunable_paths(model_type), key="form.range_path")
-    domain.selectbox("Domain", DOMAINS, key="form.range_domain")
+    domain.selectbox("Domain", list(SEARCH_DOMAINS), key="form.range_domain")
     values.text_input(
         "Values", key="form.range_values", placeholder="choice/grid: 16, 32 · range: 0.0001, 0.01"
     )

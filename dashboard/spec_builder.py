@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import yaml
 
-from jobs.model_params import PARAMS_BY_MODEL
-from jobs.spec import TrainSpec
-
-Domain = Literal["choice", "grid", "uniform", "loguniform", "randint"]
-DOMAINS: tuple[str, ...] = get_args(Domain)
-RANGE_DOMAINS = ("uniform", "loguniform", "randint")  # these take exactly [low, high]
+from jobs.search_domains import SEARCH_DOMAINS, RandInt, Range
 
 
 @dataclass(frozen=True)
@@ -27,24 +22,20 @@ class SearchRange:
         return {self.domain: self.values}
 
 
-def tunable_paths(model_type: str) -> list[str]:
-    """Spec paths a sweep may vary: the model's own params, then the training settings."""
-    params = [f"model.params.{name}" for name in PARAMS_BY_MODEL[model_type].model_fields]
-    return params + [f"train.{name}" for name in TrainSpec.model_fields]
-
-
 def parse_range(path: str, domain: str, text: str) -> SearchRange:
     """Read "16, 32" or "0.0001, 0.01" typed into the form; ValueError names what is wrong."""
-    if domain not in DOMAINS:
-        raise ValueError(f"{path}: domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+    if domain not in SEARCH_DOMAINS:
+        names = ", ".join(SEARCH_DOMAINS)
+        raise ValueError(f"{path}: domain must be one of {names}, got {domain!r}")
     values = [_scalar(item.strip()) for item in text.split(",") if item.strip()]
     if not values:
         raise ValueError(f"{path}: give at least one value, comma-separated")
-    if domain in RANGE_DOMAINS:
+    kind = SEARCH_DOMAINS[domain]
+    if issubclass(kind, Range):
         if len(values) != 2 or not all(_is_number(value) for value in values):
             raise ValueError(f"{path}: {domain} takes two numbers 'low, high', got {text!r}")
-        if domain == "randint" and not all(isinstance(value, int) for value in values):
-            raise ValueError(f"{path}: randint takes two integers, got {text!r}")
+        if kind is RandInt and not all(isinstance(value, int) for value in values):
+            raise ValueError(f"{path}: {domain} takes two integers, got {text!r}")
     return SearchRange(path, domain, values)
 
 

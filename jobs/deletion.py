@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from jobs.queue import load_script
+from jobs.lua_scripts import load_script
 from jobs.records import JobNotFound, JobStatus
 from jobs.run_storage import RunStorage
 from jobs.store import JobStore, NoStorage

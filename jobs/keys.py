@@ -55,7 +55,7 @@ RUN_WRITES_PER_TICK = 256
 RUN_WRITE_BYTES_PER_TICK = 8 * 2**20
 TRIAL_INFIX = ":trial:"  # between a job's artifact key and a trial id
 
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # GENFLEET_PREFIX
 _TRIAL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -70,8 +70,10 @@ class Keys:
     prefix: str = "genfleet"
 
     def __post_init__(self) -> None:
-        if not _PREFIX.fullmatch(self.prefix):
-            raise ValueError(f"GENFLEET_PREFIX: must match {_PREFIX.pattern}, got {self.prefix!r}")
+        if not PREFIX_PATTERN.fullmatch(self.prefix):
+            raise ValueError(
+                f"GENFLEET_PREFIX: must match {PREFIX_PATTERN.pattern}, got {self.prefix!r}"
+            )
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))

@@ -75,7 +75,19 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Fatal:
-    """The run stopped itself (a diverged loss): the job fails without a retry."""
+    """The run stopped itself (a diverged loss, a tracker package missing): the job fails
+    without a retry."""
+
+    error: str
+    trial: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Unrecoverable:
+    """A run or trial is failing with an error a retry would raise again (jobs/failures.py: a
+    dataset or checkpoint that cannot be used, a refused trial value). Ray Train may still
+    restart the run; only if the job then fails does it fail without a retry."""
 
     error: str
     trial: str | None = None
@@ -118,6 +130,7 @@ Message = (
     | TrialUpdate
     | RunInfo
     | Fatal
+    | Unrecoverable
     | Worker
     | PlacementGroup
     | Controller

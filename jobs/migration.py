@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from jobs.deletion import BATCH
 from jobs.keys import TRIAL_INFIX
+from jobs.lua_scripts import LuaScript, load_script
 from jobs.messages import Image
-from jobs.queue import LuaScript, load_script
 from jobs.store import PNG_SIGNATURE, JobStore
 
 

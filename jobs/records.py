@@ -107,7 +107,7 @@ class JobRecord:
     max_attempts: int
     claims: int  # times a dispatcher claimed it; the current lease's fencing token
     interruptions: int  # times a crash, not the run, handed it back (cap: MAX_INTERRUPTIONS)
-    owner: str | None  # worker holding (or last holding) the lease
+    owner: str | None  # the id of the dispatcher holding (or last holding) the lease
     created_at: float
     updated_at: float
     started_at: float | None  # start of the latest attempt
@@ -190,7 +190,7 @@ class Event:
     ts: float
     status: JobStatus
     message: str
-    worker: str | None = None
+    dispatcher_id: str | None = None  # the dispatcher that made the change, if one did
 
     @classmethod
     def from_json(cls, raw: bytes) -> Event:
@@ -199,7 +199,8 @@ class Event:
             ts=float(data["ts"]),
             status=JobStatus(data["status"]),
             message=data["message"],
-            worker=data.get("worker") or None,
+            # Events stored before the field was renamed name it "worker".
+            dispatcher_id=data.get("dispatcher") or data.get("worker") or None,
         )
 
 

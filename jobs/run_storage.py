@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from jobs.limits import LimitError
+
 READ_CACHE_BYTES = 64 * 2**20  # the dashboard redraws a gallery on every rerun
 JOB_ID = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # jobs.queue draws 12 hex digits
 
@@ -78,7 +80,12 @@ def belongs_to(job_id: str, path: str) -> bool:
 class RunStorage:
     def __init__(self, root: str) -> None:
         self.root = root
-        self._filesystem, self._base = located(root)
+        try:
+            self._filesystem, self._base = located(root)
+        except pyarrow.ArrowInvalid as exc:  # an unknown scheme, a URI pyarrow cannot parse
+            raise LimitError(
+                f"GENFLEET_STORAGE: must be a folder or a URI pyarrow opens; {exc}"
+            ) from None
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()  # one storage serves every dashboard session

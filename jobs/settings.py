@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from jobs.limits import LimitError
+from jobs.keys import PREFIX_PATTERN
+from jobs.limits import LimitError, Limits
 
 ENVIRONMENT = {
     "GENFLEET_HOME": "data dir: embedded Redis, its password, local Ray results (~/.genfleet)",
@@ -33,6 +36,9 @@ ENVIRONMENT = {
 REDIS_MEMORY = re.compile(r"(\d+)(b|k|kb|m|mb|g|gb)?")
 DEFAULT_REDIS_MAXMEMORY = "1gb"
 DEFAULT_DASHBOARD_PORT = 8501
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's Redis.from_url accepts
+RAY_ADDRESS_WORDS = ("auto", "local")  # ray.init's: the cluster started on this machine, a new one
+HOST = re.compile(r"[A-Za-z0-9_.:\-\[\]]+")  # a name, an IPv4 address or a bracketed IPv6 one
 
 
 @dataclass(frozen=True)
@@ -101,18 +107,94 @@ class Settings:
         home = Path(env.get("GENFLEET_HOME", Path.home() / ".genfleet")).expanduser()
         return cls(
             home=home,
-            redis_url=env.get("GENFLEET_REDIS_URL") or None,
-            prefix=env.get("GENFLEET_PREFIX", "genfleet"),
-            ray_address=env.get("GENFLEET_RAY_ADDRESS") or None,
+            redis_url=_redis_url(env.get("GENFLEET_REDIS_URL", "")),
+            prefix=_prefix(env.get("GENFLEET_PREFIX", "genfleet")),
+            ray_address=_ray_address(env.get("GENFLEET_RAY_ADDRESS", "")),
             storage=env.get("GENFLEET_STORAGE", str(home / "storage")),
             data_dir=Path(env.get("GENFLEET_DATA_DIR", home / "data")).expanduser(),
-            dashboard_address=env.get("GENFLEET_DASHBOARD_ADDRESS", "127.0.0.1"),
+            dashboard_address=_dashboard_address(env.get("GENFLEET_DASHBOARD_ADDRESS", "")),
             dashboard_port=_dashboard_port(env.get("GENFLEET_DASHBOARD_PORT", "")),
             dashboard_password=env.get("GENFLEET_DASHBOARD_PASSWORD") or None,
             max_cluster=MaxCluster.parse(env.get("GENFLEET_MAX_CLUSTER", "")),
             redis_maxmemory=_redis_maxmemory(env.get("GENFLEET_REDIS_MAXMEMORY", "")),
             retention_days=_retention_days(env.get("GENFLEET_RETENTION_DAYS", "")),
         )
+
+
+@functools.cache
+def limits() -> Limits:
+    """GENFLEET_MAX_*, read on first use rather than at import, so that a bad value fails the
+    command that needed it with the variable's name (see cluster/cli_errors.py) instead of a
+    traceback from any import; and apart from Settings, so that validating a spec needs no
+    other variable to be right."""
+    return Limits(
+        max_spec_bytes=_positive_int("GENFLEET_MAX_SPEC_BYTES", 64 * 1024),
+        max_epochs=_positive_int("GENFLEET_MAX_EPOCHS", 10_000),
+        max_samples=_positive_int("GENFLEET_MAX_SAMPLES", 1024),
+        max_workers=_positive_int("GENFLEET_MAX_WORKERS", 256),
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise LimitError(f"{name}: must be a positive integer, got {raw!r}")
+    return value
+
+
+def _redis_url(text: str) -> str | None:
+    """None starts the embedded server. The error never shows the URL: it may hold a password."""
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in REDIS_URL_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
+        raise LimitError(f"GENFLEET_REDIS_URL: must start with one of {schemes}")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check: redis-py would fail on first use
+    except ValueError:
+        raise LimitError("GENFLEET_REDIS_URL: its port must be a number from 0 to 65535") from None
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise LimitError("GENFLEET_REDIS_URL: its path must be a database number such as /0")
+    return text
+
+
+def _ray_address(text: str) -> str | None:
+    """None starts a local Ray; else `auto`, `local`, `host:port` or `ray://host:port`."""
+    if not text:
+        return None
+    if text in RAY_ADDRESS_WORDS:
+        return text
+    host, colon, port = text.removeprefix("ray://").rpartition(":")
+    if not (colon and HOST.fullmatch(host) and port.isdigit() and 0 < int(port) <= 65535):
+        raise LimitError(
+            f"GENFLEET_RAY_ADDRESS: expected host:port, ray://host:port, auto or local, "
+            f"got {text!r}"
+        )
+    return text
+
+
+def _dashboard_address(text: str) -> str:
+    if not text:
+        return "127.0.0.1"
+    if not HOST.fullmatch(text):
+        raise LimitError(
+            f"GENFLEET_DASHBOARD_ADDRESS: expected a host name or an IP address, got {text!r}"
+        )
+    return text
+
+
+def _prefix(text: str) -> str:
+    if not PREFIX_PATTERN.fullmatch(text):
+        raise LimitError(f"GENFLEET_PREFIX: must match {PREFIX_PATTERN.pattern}, got {text!r}")
+    return text
 
 
 def _redis_maxmemory(text: str) -> str:

@@ -22,9 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.limits import limits
 from jobs.model_params import PARAMS_BY_MODEL, Params
 from jobs.recipes import with_recipe_defaults
+from jobs.search_domains import Choice, Grid, LogUniform, Range, SearchDomain
+from jobs.settings import limits
 from jobs.spec_errors import FieldError, SpecError, describe_error, format_validation_error
 from jobs.yaml_source import YamlSource, parse_yaml
 
@@ -35,9 +36,8 @@ Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 # Papers report these datasets' official test split; the others hold one out (trainers/data.py).
 DATASETS_WITH_TEST_SPLIT = ("mnist", "binarized_mnist", "fashion_mnist", "cifar10")
-# Every value a search domain lists is validated as a whole spec, so these bound the work one
-# submitted spec can cause (a 64 KiB spec could otherwise list 16,000 values: seconds of CPU).
-MAX_DOMAIN_VALUES = 100
+# Every space key is validated as a whole spec per value it checks (jobs/search_domains.py), so
+# this bounds, with MAX_DOMAIN_VALUES, the work one submitted spec can cause.
 MAX_SEARCH_KEYS = 16
 
 
@@ -226,29 +226,6 @@ class LoggingSpec(Section):
         return [name for name in TRACKERS if asked[name]]
 
 
-class Choice(Section):
-    choice: list[Any] = Field(min_length=1, max_length=MAX_DOMAIN_VALUES)
-
-
-class Grid(Section):
-    grid: list[Any] = Field(min_length=1, max_length=MAX_DOMAIN_VALUES)
-
-
-class Uniform(Section):
-    uniform: tuple[float, float]
-
-
-class LogUniform(Section):
-    loguniform: tuple[float, float]
-
-
-class RandInt(Section):
-    randint: tuple[int, int]
-
-
-SearchDomain = Choice | Grid | Uniform | LogUniform | RandInt
-
-
 class SweepSpec(Section):
     metric: str = Field("val_bits_per_dim", pattern=r"^[a-z][a-z0-9_]{0,63}$")
     mode: Literal["min", "max"] = "min"
@@ -282,10 +259,10 @@ class SweepSpec(Section):
     @model_validator(mode="after")
     def _domains_fit_search(self) -> SweepSpec:
         for key, domain in self.space.items():
-            bounds = getattr(domain, "uniform", None) or getattr(domain, "loguniform", None)
-            bounds = bounds or getattr(domain, "randint", None)
-            if bounds is not None and not bounds[0] < bounds[1]:
-                raise ValueError(f"space.{key}: lower bound must be < upper, got {list(bounds)}")
+            if isinstance(domain, Range) and not domain.bounds[0] < domain.bounds[1]:
+                raise ValueError(
+                    f"space.{key}: lower bound must be < upper, got {list(domain.bounds)}"
+                )
             if isinstance(domain, LogUniform) and domain.loguniform[0] <= 0:
                 raise ValueError(f"space.{key}.loguniform: bounds must be > 0")
             if self.search == "optuna" and isinstance(domain, Grid):
@@ -371,7 +348,7 @@ def validate_spec_dict(data: Any, source: YamlSource | None = None) -> JobSpec:
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
     if spec.sweep is not None:
-        errors = _check_search_space(data, spec.sweep)
+        errors = _check_search_space(data, spec.sweep, tunable_paths(spec.model_type))
         if errors:
             raise SpecError([error.located(source) for error in errors])
     missing = missing_tracker_packages(spec.logging)
@@ -403,17 +380,39 @@ def load_spec_text(text: str | bytes, source_name: str = "<spec>") -> JobSpec:
         raise exc.with_source(source_name) from None
 
 
-def _check_search_space(data: dict[str, Any], sweep: SweepSpec) -> list[FieldError]:
-    """Each space key must name a real spec field, and every value it can take must be valid."""
+# What a sweep may vary besides the model's own params: every field of these sections.
+TUNABLE_SECTIONS: dict[str, type[Section]] = {
+    "train": TrainSpec,
+    "data": DataSpec,
+    "scaling": ScalingSpec,
+}
+
+
+def tunable_paths(model_type: str) -> list[str]:
+    """Every path a sweep's space may name for this model, as the Submit form offers them: the
+    model's params (`model.params.channels`), then each TUNABLE_SECTIONS field (`train.lr`)."""
+    params = [f"model.params.{name}" for name in PARAMS_BY_MODEL[model_type].model_fields]
+    return params + [
+        f"{section}.{name}"
+        for section, fields in TUNABLE_SECTIONS.items()
+        for name in fields.model_fields
+    ]
+
+
+def _check_search_space(
+    data: dict[str, Any], sweep: SweepSpec, tunable: list[str]
+) -> list[FieldError]:
+    """Each space key must be one of the `tunable` paths, and every value it can take valid."""
     errors: list[FieldError] = []
     base = {key: value for key, value in data.items() if key not in ("sweep", "kind")}
     for key, domain in sweep.space.items():
         path = key.split(".")
         field = f"sweep.space.{key}"
-        if not _is_tunable_path(data, path):
+        if key not in tunable:
             errors.append(FieldError(field, "does not name a tunable field of this spec"))
             continue
-        for label, value in _domain_values(domain):
+        for index, value in enumerate(domain.values_to_check()):
+            label = f"{domain.name()}[{index}]"
             trial = copy.deepcopy(base)
             _set_path(trial, path, value)
             try:
@@ -422,26 +421,6 @@ def _check_search_space(data: dict[str, Any], sweep: SweepSpec) -> list[FieldErr
                 reason = describe_error(exc.errors()[0])
                 errors.append(FieldError(f"{field}.{label}", reason))
     return errors
-
-
-def _is_tunable_path(data: dict[str, Any], path: list[str]) -> bool:
-    if path[:2] == ["model", "params"] and len(path) == 3:
-        model_type = data.get("model", {}).get("type")
-        params_cls = PARAMS_BY_MODEL.get(model_type or "")
-        return params_cls is not None and path[2] in params_cls.model_fields
-    sections = {"train": TrainSpec, "data": DataSpec, "scaling": ScalingSpec}
-    return len(path) == 2 and path[0] in sections and path[1] in sections[path[0]].model_fields
-
-
-def _domain_values(domain: SearchDomain) -> list[tuple[str, Any]]:
-    if isinstance(domain, Choice | Grid):
-        values = domain.choice if isinstance(domain, Choice) else domain.grid
-        name = "choice" if isinstance(domain, Choice) else "grid"
-        return [(f"{name}[{i}]", value) for i, value in enumerate(values)]
-    name, (low, high) = next(iter(domain.model_dump().items()))
-    if name == "randint":  # Tune's randint excludes the upper bound
-        return [(f"{name}[0]", low), (f"{name}[1]", high - 1)]
-    return [(f"{name}[0]", low), (f"{name}[1]", high)]
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -458,7 +437,10 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any]) -> JobSpec:
     data["kind"] = "train"
     for key, value in overrides.items():
         _set_path(data, key.split("."), _plain(value))
-    return JobSpec.model_validate(data)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:  # a sampled value the spec refuses: every retry samples it
+        raise SpecError(format_validation_error(exc, None)) from None
 
 
 def _plain(value: Any) -> Any:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from jobs.failures import NotRetryable
 from jobs.model_params import PARAMS_BY_MODEL
+from jobs.search_domains import SEARCH_DOMAINS
 
-if TYPE_CHECKING:
-    from jobs.yaml_source import YamlSource
+
+class LineLookup(Protocol):
+    """Where a field was written: jobs/yaml_source.py's `YamlSource` is one."""
+
+    def line_of(self, path: str) -> int | None: ...
 
 
 _NAMED_FIELD = re.compile(r"^[a-z_]+(\.[\w.\[\]]+)?: ")
+# Union members of the search space add their class name: space.train.lr.Choice.choice
+_DOMAIN_CLASSES = {domain.__name__ for domain in SEARCH_DOMAINS.values()}
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,7 @@ class FieldError:
     message: str
     line: int | None = None
 
-    def located(self, source: YamlSource | None) -> FieldError:
+    def located(self, source: LineLookup | None) -> FieldError:
         if source is None or self.line is not None:
             return self
         return replace(self, line=source.line_of(self.field))
@@ -33,7 +40,7 @@ class FieldError:
         return f"{where}{self.field}: {self.message}" if self.field else f"{where}{self.message}"
 
 
-class SpecError(ValueError):
+class SpecError(ValueError, NotRetryable):
     """A spec failed validation; `errors` lists every problem found."""
 
     def __init__(self, errors: list[FieldError], source_name: str | None = None) -> None:
@@ -55,7 +62,7 @@ class SpecError(ValueError):
         ]
 
 
-def format_validation_error(exc: ValidationError, source: YamlSource | None) -> list[FieldError]:
+def format_validation_error(exc: ValidationError, source: LineLookup | None) -> list[FieldError]:
     errors = []
     for item in exc.errors(include_url=False):
         path = _field_path(item["loc"])
@@ -74,8 +81,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
         del parts[1]
     elif parts == ["model"]:  # the union could not pick a variant: the type is what is wrong
         parts.append("type")
-    # Union members of the search space add their class name: space.train.lr.Choice.choice
-    parts = [p for p in parts if p not in {"Choice", "Grid", "Uniform", "LogUniform", "RandInt"}]
+    parts = [part for part in parts if part not in _DOMAIN_CLASSES]
     return ".".join(parts)
 
 

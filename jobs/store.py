@@ -30,6 +30,7 @@ from redis import Redis
 from redis.exceptions import OutOfMemoryError
 
 from jobs.keys import ENTRY_CHARS_KEPT, Keys, check_trial_id
+from jobs.lua_scripts import load_script
 from jobs.messages import Checkpoint as CheckpointMessage
 from jobs.messages import (  # the store's own Checkpoint is the record a reader gets
     Fatal,
@@ -39,8 +40,8 @@ from jobs.messages import (  # the store's own Checkpoint is the record a reader
     Metrics,
     RunInfo,
     TrialUpdate,
+    Unrecoverable,
 )
-from jobs.queue import load_script
 from jobs.records import Event, JobNotFound, JobRecord, JobStatus, Lease, LeaseLost
 from jobs.run_storage import ImageUnreadable, RunStorage, StoredFile, belongs_to, image_path
 
@@ -185,9 +186,9 @@ class JobStore:
             raise JobNotFound(job_id)
         return [Event.from_json(raw) for raw in raw_events]
 
-    def append_event(self, job_id: str, message: str, worker: str | None = None) -> None:
-        """A dispatcher note in the job's history, under its current status."""
-        if not self._note(args=[job_id, message, worker or ""]):
+    def append_event(self, job_id: str, message: str, dispatcher_id: str | None = None) -> None:
+        """A note in the job's history, under its current status."""
+        if not self._note(args=[job_id, message, dispatcher_id or ""]):
             raise JobNotFound(job_id)
 
     def list_jobs(
@@ -504,6 +505,8 @@ def _run_write(message: Message) -> RunWrite | None:
             return ("event", "", _clipped(text), "")
         case Fatal(error=error):
             return ("log", "", _clipped(f"{prefix}run stopped: {error}"), "")
+        case Unrecoverable(error=error):
+            return ("log", "", _clipped(f"{prefix}run failing, not to be retried: {error}"), "")
     return None
 
 

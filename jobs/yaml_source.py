@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from jobs.limits import limits
+from jobs.settings import limits
 from jobs.spec_errors import FieldError, SpecError
 
 # A spec nests about six levels deep; the composer builds nested nodes by recursion, so deeper

@@ -11,14 +11,14 @@ from torch import nn
 
 from jobs.model_params import GatedPixelCNNParams, PixelCNNParams, PixelRNNParams
 from trainers import cached_sampling
-from trainers.api import ImageShape, to_unit_range
 from trainers.cached_sampling import (
     FeatureCache,
     IncrementalModel,
     PositionConv,
     cached_sample,
 )
-from trainers.layers import MaskedConv2d
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.masked_conv import MaskedConv2d
 from trainers.models.gated_pixelcnn import GatedPixelCNN
 from trainers.models.pixelcnn import PixelCNN
 from trainers.models.pixelrnn_diag import DiagonalPixelRNN

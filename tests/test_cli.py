@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -200,6 +201,13 @@ def test_schema_is_json_with_every_model_variant(genfleet: Cli) -> None:
 # -- submit ----------------------------------------------------------------------------------
 
 
+def test_worker_is_still_the_dispatcher_command_under_its_old_name(genfleet: Cli) -> None:
+    helps = [genfleet(command, "--help") for command in ("dispatcher", "worker")]
+    assert [result.returncode for result in helps] == [0, 0]
+    assert helps[0].stdout.split("\n", 1)[1] == helps[1].stdout.split("\n", 1)[1]
+    assert "--lease-seconds" in helps[0].stdout
+
+
 def test_submit_prints_the_id_of_the_queued_job(genfleet: Cli) -> None:
     result = genfleet("submit", EXAMPLES / "pixelcnn_digits.yaml")
     job_id = result.stdout.strip()
@@ -361,7 +369,7 @@ def publish_waiting(genfleet: Cli, job_id: str, reason: str) -> None:
 
 def test_status_without_a_job_lists_the_waiting_jobs_and_the_demand_sent(genfleet: Cli) -> None:
     assert genfleet("status").stdout.splitlines()[0] == (
-        "no dispatcher has reported; start one with `genfleet worker`"
+        "no dispatcher has reported; start one with `genfleet dispatcher`"
     )
     job_id = genfleet.seed()
     reason = "waiting for nodes: needs 2 GPUs; the cluster has 0 GPUs"
@@ -624,6 +632,40 @@ def test_run_local_trains_a_tiny_spec_into_the_out_folder(genfleet: Cli) -> None
     assert 0 < rows[0]["val_bits_per_dim"] < 10  # 17 grey levels: at most log2(17) = 4.09 + slack
     assert (out / "samples" / "samples-epoch001.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "checkpoints" / "epoch-0001" / "training_state.pt").stat().st_size > 0
+
+
+def test_run_local_stops_between_steps_on_the_first_ctrl_c(genfleet: Cli) -> None:
+    long_run = TINY_RUN_YAML.replace("epochs: 1", "epochs: 500").replace(
+        "max_steps_per_epoch: 2", "max_steps_per_epoch: 20"
+    )
+    spec = write(genfleet.tmp_path / "long.yaml", long_run)
+    out = genfleet.tmp_path / "run"
+    process = subprocess.Popen(
+        [str(GENFLEET), "run-local", str(spec), "--out", str(out), "--no-progress"],
+        env=genfleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 180
+        while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopping after this step" in stderr and "Traceback" not in stderr
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert 1 <= len(epochs) < 500
+    # What it wrote is whole: the newest checkpoint resumes the run, as the last line says.
+    newest = sorted((out / "checkpoints").iterdir())[-1]
+    assert (newest / "training_state.pt").stat().st_size > 0
+    assert stdout.startswith("stopped: cancelled at epoch ")
+    assert stdout.endswith(f", resume with --resume {newest}\n")
 
 
 def test_run_local_refuses_a_sweep_spec(genfleet: Cli) -> None:

@@ -15,12 +15,14 @@ import redis
 from streamlit.testing.v1 import AppTest
 
 from dashboard.launch import UnsafeBindError, launch_dashboard, run_dashboard
-from dashboard.spec_builder import parse_range, tunable_paths
+from dashboard.spec_builder import parse_range
 from jobs.queue import JobQueue
 from jobs.recipes import RECIPES
 from jobs.records import JobNotFound, JobStatus
 from jobs.run_storage import RunStorage
 from jobs.scheduling import Demand
+from jobs.search_domains import SEARCH_DOMAINS
+from jobs.spec import tunable_paths
 from jobs.store import JobStore, redis_full_text
 from tests import dashboard_seed as seed
 from tests.redis_fixtures import RedisProcess
@@ -200,6 +202,24 @@ def test_form_builder_bounds_the_wait_only_when_asked(jobs_api):
 
     [job_id] = queue.queued()
     assert store.get(job_id).spec["scheduling"] == {"wait_timeout": 600.0}
+
+
+def test_form_builder_offers_every_path_and_domain_a_sweep_space_accepts(jobs_api):
+    queue, store = jobs_api
+    app = open_page("views/submit.py")
+    app.radio(key="form.kind").set_value("sweep").run()
+    app.selectbox(key="form.model").select("vae").run()
+    assert app.selectbox(key="form.range_path").options == tunable_paths("vae")
+    assert app.selectbox(key="form.range_domain").options == list(SEARCH_DOMAINS)
+    app.selectbox(key="form.range_path").select("data.val_fraction")  # not offered before issue 15
+    app.selectbox(key="form.range_domain").select("uniform")
+    app.text_input(key="form.range_values").input("0.1, 0.2")
+    click(app, "Add")
+    app.button(key="form.submit").click().run()
+
+    [job_id] = queue.queued()
+    space = store.get(job_id).spec["sweep"]["space"]
+    assert space == {"data.val_fraction": {"uniform": [0.1, 0.2]}}
 
 
 def test_form_builder_says_why_a_range_is_rejected(jobs_api):

@@ -22,9 +22,10 @@ from jobs.deletion import (
     parse_age,
     server_time,
 )
+from jobs.lua_scripts import load_script
 from jobs.messages import Checkpoint as CheckpointMessage
 from jobs.messages import Image, Log, Message, Metrics, TrialUpdate
-from jobs.queue import JobQueue, load_script
+from jobs.queue import JobQueue
 from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
 from jobs.run_storage import RunStorage
 from jobs.spec import JobSpec

@@ -140,7 +140,10 @@ def writes_storage(service: Mapping[str, Any]) -> bool:
     """Ray nodes write checkpoints; the dispatcher writes image grids and hands checkpoint paths
     to the cluster; the dashboard reads the grids and deletes jobs' folders."""
     command = service["command"]
-    return command[0] == "ray" or command[:2] in (["genfleet", "worker"], ["genfleet", "dashboard"])
+    return command[0] == "ray" or command[:2] in (
+        ["genfleet", "dispatcher"],
+        ["genfleet", "dashboard"],
+    )
 
 
 def without_ray_auth(environment: Mapping[str, str]) -> dict[str, str]:
@@ -561,9 +564,21 @@ def test_build_context_holds_the_package_and_nothing_private():
         if line and not line.startswith("#")
     ]
     context = exclude_paths(str(REPO), patterns, dockerfile="docker/Dockerfile")
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
     for dockerfile in DOCKERFILES.values():
         assert set(copied_sources(dockerfile)) <= context
-    assert {"jobs/spec.py", "cluster/cli.py", "dashboard/app.py", "trainers/api.py"} <= context
+        # Every package `pip install .` installs, or `genfleet` fails to import in the image.
+        copied = set(copied_sources(dockerfile))
+        assert {package.rstrip("*") for package in packages} <= copied, dockerfile
+    assert {
+        "genfleet/client.py",
+        "jobs/spec.py",
+        "cluster/cli.py",
+        "dashboard/app.py",
+        "trainers/generative_model.py",
+    } <= context
     private = (".venv/", ".git/", "tests/", "docker/.env", "docker/storage.env", "test-output/")
     assert [path for path in context if path.startswith(private)] == []
     assert [path for path in context if "__pycache__" in path or path.endswith(".pyc")] == []

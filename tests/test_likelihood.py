@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from trainers.api import nats_to_bits_per_dim
+from trainers.generative_model import nats_to_bits_per_dim
 from trainers.likelihood import (
     MIN_LOG_SCALE,
     bernoulli_nll,

@@ -18,9 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from jobs.model_params import PARAMS_BY_MODEL, Params
 from jobs.spec import JobSpec
 from trainers import loop
-from trainers.api import GenerativeModel, ImageShape
 from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.data import load_dataset
+from trainers.generative_model import GenerativeModel, ImageShape
 from trainers.likelihood import categorical_nll, sample_categorical
 from trainers.loop import NonFiniteLossError, RunContext, TrainingCancelled, TrainingRun, train_job
 from trainers.models import build_model

@@ -10,8 +10,9 @@ from pathlib import Path
 import redis
 
 from jobs.deletion import delete_jobs
+from jobs.lua_scripts import load_script
 from jobs.migration import MigrationReport, migrate_images
-from jobs.queue import JobQueue, load_script
+from jobs.queue import JobQueue
 from jobs.run_storage import RunStorage, image_path
 from jobs.store import ImageRef, JobStore, StoredImage
 from tests.redis_fixtures import RedisProcess

@@ -12,8 +12,12 @@ import torch
 from sklearn.datasets import load_digits
 
 from jobs.model_params import AutoencoderParams, DCGANParams, Params, VAEParams
-from trainers.api import GenerativeModel, ImageShape, to_unit_range
-from trainers.layers import unit_range_to_levels
+from trainers.generative_model import (
+    GenerativeModel,
+    ImageShape,
+    to_unit_range,
+    unit_range_to_levels,
+)
 from trainers.models import build_model, vae
 
 DIGITS = ImageShape(channels=1, height=8, width=8, levels=17)

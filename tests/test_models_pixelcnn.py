@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from jobs.model_params import GatedPixelCNNParams, PixelCNNParams
-from trainers.api import ImageShape, nats_to_bits_per_dim
-from trainers.cached_sampling import CachedAutoregressiveModel
+from trainers.generative_model import ImageShape, nats_to_bits_per_dim
 from trainers.models import model_class
 from trainers.models.gated_pixelcnn import GatedPixelCNN
 from trainers.models.pixelcnn import PixelCNN
@@ -40,7 +39,7 @@ def subpixel_index(shape: ImageShape, row: int, col: int, channel: int) -> int:
     return (row * shape.width + col) * shape.channels + channel
 
 
-def dependencies(model: CachedAutoregressiveModel, images: int = 3) -> Tensor:
+def dependencies(model: PixelCNN | GatedPixelCNN, images: int = 3) -> Tensor:
     """depends[k, q]: changing input sub-pixel k changes the logits of sub-pixel q.
 
     For each of a few random images, one batch: the image and, for every sub-pixel, a copy with

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from jobs.model_params import PixelCNNPPParams
 from jobs.spec import validate_spec_dict
 from jobs.spec_errors import SpecError
-from trainers.api import ImageShape
+from trainers.generative_model import ImageShape
 from trainers.models import model_class
 from trainers.models.pixelcnn_pp import PixelCNNPP, resolution_sizes
 from trainers.optim import WeightEMA

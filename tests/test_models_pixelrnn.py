@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from jobs.model_params import PixelRNNParams
-from trainers.api import ImageShape, nats_to_bits_per_dim
-from trainers.layers import skew, unskew
+from trainers.generative_model import ImageShape, nats_to_bits_per_dim
+from trainers.layers.lstm_scan import skew, unskew
 from trainers.models import build_model
 from trainers.models.pixelrnn_row import PixelRNN
 

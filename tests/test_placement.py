@@ -11,7 +11,6 @@ import redis
 
 from cluster.autoscaling import demand_for
 from cluster.placement import (
-    Resources,
     judge_queued_jobs,
     largest_cluster,
     never_fits_reason,
@@ -20,7 +19,7 @@ from cluster.placement import (
 )
 from cluster.ray_runtime import ClusterResources
 from jobs.limits import LimitError
-from jobs.queue import JobQueue
+from jobs.queue import JobQueue, Resources
 from jobs.records import JobRecord
 from jobs.scheduling import Demand
 from jobs.settings import MaxCluster, Settings

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from trainers.api import to_unit_range
+from trainers.generative_model import to_unit_range
 from trainers.quality import (
     FEATURES,
     FeatureClassifier,

@@ -541,7 +541,7 @@ def test_release_hands_back_without_an_attempt_and_keeps_the_jobs_place(
     assert record.lease_deadline is None and record.finished_at is None
     assert redis_client.zscore(queue.keys.running, first) is None
     final = store.events(first)[-1]
-    assert (final.status, final.message, final.worker) == (
+    assert (final.status, final.message, final.dispatcher_id) == (
         JobStatus.QUEUED,
         "handed back: dispatcher dispatcher-1 stopped",
         "dispatcher-1",

@@ -251,7 +251,7 @@ def replace_dispatcher_mid_run(
     timeout: float,
     stop_with: signal.Signals = signal.SIGKILL,
 ) -> JobRecord:
-    """Run `genfleet worker` until `kill_when` holds, stop it with `stop_with`, start a second
+    """Run `genfleet dispatcher` until `kill_when` holds, stop it with `stop_with`, start a second
     one and wait for the job to end under it."""
     env = {
         **os.environ,
@@ -260,7 +260,7 @@ def replace_dispatcher_mid_run(
         "GENFLEET_STORAGE": stack.settings.storage,
         "GENFLEET_HOME": str(stack.settings.home),
     }
-    command = [sys.executable, "-m", "cluster.cli", "worker", "--ray-address", local_ray]
+    command = [sys.executable, "-m", "cluster.cli", "dispatcher", "--ray-address", local_ray]
     first = subprocess.Popen([*command, "--lease-seconds", "4"], env=env)
     try:
         stack.wait_for(job_id, lambda r: kill_when(), timeout=timeout)

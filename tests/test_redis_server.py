@@ -22,8 +22,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from jobs import redis_server
+from jobs.lua_scripts import ALLOWED_WHEN_FULL
 from jobs.messages import Metrics
-from jobs.queue import ALLOWED_WHEN_FULL, JobQueue
+from jobs.queue import JobQueue
 from jobs.records import JobStatus
 from jobs.redis_server import (
     EmbeddedRedisError,

@@ -8,8 +8,8 @@ rewound the curve). The dispatcher keeps only what the group of each trial start
 from __future__ import annotations
 
 from cluster.dispatcher import ActiveJob
-from cluster.placement import Resources
-from jobs.messages import Checkpoint, Fatal, Log, Metrics, TrialUpdate, Worker
+from jobs.messages import Checkpoint, Fatal, Log, Metrics, TrialUpdate, Unrecoverable, Worker
+from jobs.queue import Resources
 from jobs.records import Lease
 from jobs.spec import validate_spec_dict
 from tests.test_ray_jobs import digits_spec
@@ -90,3 +90,27 @@ def test_the_newest_group_counts_even_when_its_messages_are_drained_late() -> No
     ]
     kept = [message for message in arrived if job.from_current_workers(message)]
     assert kept == arrived
+
+
+def test_an_unrecoverable_error_fails_the_run_for_good_and_is_told_once() -> None:
+    job = active_job()
+    assert not job.fails_for_good  # nothing said: a failure is retried
+    failing = Unrecoverable("DatasetError: cannot read image /data/pets/broken.jpg")
+    assert [job.is_news(failing), job.is_news(failing)] == [True, False]  # from rank 0, rank 1
+    assert job.fails_for_good
+
+
+def test_a_sweep_fails_for_good_only_when_every_trial_it_ran_did() -> None:
+    job = active_job()
+    for trial in ("t1", "t2"):
+        assert job.is_news(TrialUpdate(trial, {"status": "running"}))
+    job.is_news(Unrecoverable("SpecError: train.lr: must be > 0, got -1.0", trial="t1"))
+    assert not job.fails_for_good  # t2 may have failed for a reason a retry does not repeat
+    job.is_news(Unrecoverable("SpecError: train.lr: must be > 0, got -2.0", trial="t2"))
+    assert job.fails_for_good
+
+
+def test_a_run_that_stopped_itself_is_not_what_decides_a_retry() -> None:
+    job = active_job()
+    assert job.is_news(Fatal("NonFiniteLossError: loss is nan", trial="t1"))
+    assert not job.fails_for_good  # one trial diverged; the sweep goes on without it

@@ -171,7 +171,7 @@ def run_job_lifecycle(client: redis.Redis, prefix: str, storage: Path) -> None:
     queue.renew_lease(second.lease, 30)
     result = {"metrics": {"val_bits_per_dim": 2.4}}
     assert queue.complete(second.lease, result) is JobStatus.SUCCEEDED
-    store.append_event(train_id, "note from an operator", worker="host-2")
+    store.append_event(train_id, "note from an operator", dispatcher_id="host-2")
     for dispatcher in ("host-2", "host-3"):
         status = {"dispatcher": dispatcher, "nodes": [], "available": {}, "running_jobs": {}}
         store.put_dispatcher_status(dispatcher, status, ttl_seconds=30)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobs.failures import NotRetryable
 from jobs.model_params import PARAMS_BY_MODEL
 from jobs.recipes import RECIPES
-from jobs.spec import JobSpec, apply_overrides, load_spec_text, validate_spec_dict
+from jobs.search_domains import SEARCH_DOMAINS
+from jobs.spec import JobSpec, apply_overrides, load_spec_text, tunable_paths, validate_spec_dict
 from jobs.spec_errors import SpecError
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "jobs" / "examples").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.yaml"))
 MINIMAL = {"model": {"type": "pixelcnn"}, "data": {"dataset": "digits"}}
 
 
@@ -113,6 +118,44 @@ def test_bad_search_space_is_rejected(space: dict, search: str, expected: str) -
 def test_search_space_values_are_checked_against_the_model_params() -> None:
     errors = errors_of(sweep_with({"model.params.channels": {"choice": [32, 2]}}))
     assert errors == ["sweep.space.model.params.channels.choice[1]: must be >= 4, got 2"]
+
+
+def leaf_paths(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Each value of a dumped spec under its dotted path: `{"train": {"lr": 0.1}}` ->
+    `{"train.lr": 0.1}`."""
+    leaves: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            leaves |= leaf_paths(value, f"{prefix}{key}.")
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+@pytest.mark.parametrize("model_type", list(PARAMS_BY_MODEL))
+def test_a_sweep_space_accepts_exactly_the_paths_the_submit_form_offers(model_type: str) -> None:
+    base = {"model": {"type": model_type}, "data": {"dataset": "digits"}}
+    accepted = []
+    for path, value in leaf_paths(JobSpec.model_validate(base).model_dump(mode="json")).items():
+        sweep = {**base, "kind": "sweep", "sweep": {"space": {path: {"choice": [value]}}}}
+        try:
+            validate_spec_dict(sweep)
+        except SpecError as exc:
+            assert [str(error) for error in exc.errors] == [
+                f"sweep.space.{path}: does not name a tunable field of this spec"
+            ]
+        else:
+            accepted.append(path)
+    offered = tunable_paths(model_type)
+    assert sorted(offered) == sorted(set(offered)) == sorted(accepted)
+    # Issue 15: the form offered only the model's params and train.*, the spec accepted more.
+    assert {"data.dataset", "data.val_fraction", "scaling.num_workers"} <= set(offered)
+
+
+def test_the_readme_names_every_search_domain_the_spec_accepts() -> None:
+    listed = re.search(r"Search\s+domains: ((?:`\w+`(?:, )?)+)", (ROOT / "README.md").read_text())
+    assert listed is not None
+    assert re.findall(r"`(\w+)`", listed[1]) == list(SEARCH_DOMAINS)
 
 
 def test_errors_carry_the_yaml_line_and_file_name() -> None:
@@ -289,3 +332,13 @@ def test_fuzzed_spec_dicts_never_crash_the_validator(data: dict) -> None:
         assert all(error.message for error in exc.errors)
     else:
         assert isinstance(spec, JobSpec)
+
+
+def test_a_trial_value_the_spec_refuses_is_a_spec_error_naming_the_field() -> None:
+    spec = load_spec_text(
+        (Path(__file__).parent.parent / "jobs/examples/pixelcnn_sweep_digits.yaml").read_text()
+    )
+    with pytest.raises(SpecError) as refused:
+        apply_overrides(spec, {"train.lr": -1.0})
+    assert isinstance(refused.value, NotRetryable)
+    assert [error.field for error in refused.value.errors] == ["train.lr"]

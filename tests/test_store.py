@@ -25,7 +25,7 @@ from jobs.messages import (
     Worker,
 )
 from jobs.queue import JobQueue
-from jobs.records import JobNotFound, JobStatus, Lease, LeaseLost
+from jobs.records import Event, JobNotFound, JobStatus, Lease, LeaseLost
 from jobs.scheduling import Demand
 from jobs.spec import JobSpec
 from jobs.store import Checkpoint, ImageNotFound, ImageRef, JobStore
@@ -173,12 +173,12 @@ def test_unknown_job_raises_job_not_found(store: JobStore) -> None:
 def test_events_record_each_transition_with_its_worker(queue: JobQueue, store: JobStore) -> None:
     job_id = queue.submit(make_spec())
     job = queue.claim("gpu-node-3", lease_seconds=30)
-    store.append_event(job_id, "placed on 2 Ray workers", worker="dispatcher")
+    store.append_event(job_id, "placed on 2 Ray workers", dispatcher_id="dispatcher")
     queue.complete(job.lease, {"val_bits_per_dim": 1.1})
 
     events = store.events(job_id)
 
-    assert [(event.status, event.message, event.worker) for event in events] == [
+    assert [(event.status, event.message, event.dispatcher_id) for event in events] == [
         (JobStatus.QUEUED, "submitted", None),
         (JobStatus.RUNNING, "attempt 1 of 3", "gpu-node-3"),
         (JobStatus.RUNNING, "placed on 2 Ray workers", "dispatcher"),
@@ -387,7 +387,7 @@ def test_write_for_run_stores_each_message_kind_where_the_readers_find_it(
         {"trial_id": "t_01", "config": {"train.lr": 0.01}, "status": "running"}
     ]
     info = store.events(job_id)[-1]
-    assert (info.status, info.message, info.worker) == (
+    assert (info.status, info.message, info.dispatcher_id) == (
         JobStatus.RUNNING,
         "run info: device=cpu, parameters=1200",
         "dispatcher-1",
@@ -634,3 +634,8 @@ def test_a_resumed_curve_rewinds_to_its_checkpoint_keeping_one_row_per_epoch(
     # A resume from scratch rewinds the whole curve.
     store.write_for_run(lease, [Metrics({"epoch": 1, "loss": 0.25})])
     assert store.metrics(job_id) == [{"epoch": 1, "loss": 0.25}]
+
+
+def test_an_event_stored_before_the_rename_still_names_its_dispatcher() -> None:
+    raw = b'{"ts": 1.5, "status": "running", "message": "attempt 1 of 3", "worker": "host-1"}'
+    assert Event.from_json(raw).dispatcher_id == "host-1"

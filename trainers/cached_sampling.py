@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.api import ImageShape, to_unit_range
-from trainers.layers import MaskedConv2d, SubpixelLogitHead
-from trainers.likelihood import categorical_nll, sample_categorical
-from trainers.sampling import AutoregressiveModel, categorical_pixel, draw_noise
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.heads import SubpixelLogitHead
+from trainers.layers.masked_conv import MaskedConv2d
+from trainers.likelihood import sample_categorical
+from trainers.sampling import AutoregressiveModel, draw_noise
 
 
 class FeatureCache:
@@ -126,33 +127,6 @@ class IncrementalModel(AutoregressiveModel):
         first_row: int = 0,
     ) -> Tensor:
         return cached_sample(self, labels, generator, given=given, first_row=first_row)
-
-
-class CachedAutoregressiveModel(IncrementalModel):
-    """A per-sub-pixel softmax from a network that can also run one pixel at a time.
-
-    Subclasses give the full network (`logits`, for training and the naive sampler) and its
-    incremental twin (`incremental`).
-    """
-
-    def logits(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Levels (B, C, H, W) -> logits (B, C, levels, H, W), causal in raster order."""
-        raise NotImplementedError
-
-    def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
-        del phase
-        nll_nats = categorical_nll(self.logits(images, labels), images)  # (B,)
-        return {"loss": nll_nats / self.shape.dims, "nll_nats": nll_nats}
-
-    def sample_pixel(
-        self, images: Tensor, labels: Tensor, row: int, col: int, noise: Tensor
-    ) -> Tensor:
-        # Rows below `row` cannot change its logits, so the naive sampler need not run them.
-        rows_so_far = images[:, :, : row + 1].clone()  # (N, C, row + 1, W)
-        for channel in range(self.shape.channels):
-            logits = self.logits(rows_so_far, labels)
-            rows_so_far[:, channel, row, col] = categorical_pixel(logits, channel, row, col, noise)
-        return rows_so_far[:, :, row, col]
 
 
 @torch.no_grad()

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.failures import NotRetryable
+
 STATE_FILE = "training_state.pt"
 FOLDER_PREFIX = "epoch-"
 
 
-class CheckpointError(Exception):
+class CheckpointError(NotRetryable):
     """A checkpoint cannot be used; the message names the file."""
 
 

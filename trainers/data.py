@@ -25,8 +25,9 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from jobs.failures import NotRetryable
 from jobs.spec import DataSpec, Split
-from trainers.api import ImageShape
+from trainers.generative_model import ImageShape
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -60,11 +61,26 @@ TORCHVISION_FILES = {
 TORCHVISION_FILES["binarized_mnist"] = TORCHVISION_FILES["mnist"]
 
 
-class DatasetError(Exception):
+class DatasetError(NotRetryable):
     """Data cannot be loaded; the message names the folder or file and what was expected."""
 
 
-class LevelImages(Dataset[tuple[Tensor, Tensor]]):
+class ImageSplit(Dataset[tuple[Tensor, Tensor]]):
+    """One split as the training loop reads it: indexable `(image, label)` pairs, a length, and
+    a hook the loop calls before every training epoch."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training epoch `epoch` starts; a split whose images depend on it redraws them."""
+        del epoch  # fixed images: the same every epoch
+
+
+class LevelImages(ImageSplit):
     """Images (N, C, H, W) stored as uint8 levels with labels (N,), served as int64."""
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
@@ -78,7 +94,7 @@ class LevelImages(Dataset[tuple[Tensor, Tensor]]):
         return self.images[index].long(), self.labels[index]
 
 
-class DynamicallyBinarized(Dataset[tuple[Tensor, Tensor]]):
+class DynamicallyBinarized(ImageSplit):
     """Each pixel ~ Bernoulli(intensity / 255), redrawn every epoch (Salakhutdinov & Murray 2008
     fixed one binarization; dynamic binarization as in Burda et al. 2016 regularises better).
 
@@ -111,15 +127,15 @@ def binarize(intensities: Tensor, seed: int, epoch: int, index: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Datasets:
-    train: Dataset[tuple[Tensor, Tensor]]
-    val: Dataset[tuple[Tensor, Tensor]]
-    test: Dataset[tuple[Tensor, Tensor]]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
     shape: ImageShape
     num_classes: int
     binarization: Literal["dynamic", "none"]
     test_split: str  # where test comes from, as the run info reports it
 
-    def split(self, name: Split) -> Dataset[tuple[Tensor, Tensor]]:
+    def split(self, name: Split) -> ImageSplit:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 

@@ -56,7 +56,7 @@ def evaluate_checkpoint(
         "checkpoint": str(folder),
         "epoch": state["epoch"],
         "split": split,
-        "images": len(images),  # type: ignore[arg-type]
+        "images": len(images),
         "likelihood": likelihood_kind(model),
         **metrics,
     }

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.api import to_unit_range
-from trainers.layers import unit_range_to_levels
+from trainers.generative_model import to_unit_range, unit_range_to_levels
 
 
 def categorical_nll(logits: Tensor, images: Tensor) -> Tensor:

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from jobs.failures import NotRetryable
 from jobs.spec import JobSpec
 from trainers import checkpoint
-from trainers.api import GenerativeModel
-from trainers.data import Datasets, load_dataset
+from trainers.data import Datasets, ImageSplit, load_dataset
+from trainers.generative_model import GenerativeModel
 from trainers.images import levels_to_png
 from trainers.metrics import MetricSums, all_reduce_sum, gather_from_ranks, with_bits_per_dim
 from trainers.models import build_model
@@ -47,7 +48,7 @@ FCD_CLASSIFIER_IMAGES = 10_000  # train images the feature classifier learns fro
 FCD_CLASSIFIER_EPOCHS = 3
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, NotRetryable):
     """The loss became NaN or infinite; retrying the same spec would fail the same way."""
 
     def __init__(self, epoch: int, step: int, phase: str, value: float) -> None:
@@ -78,7 +79,7 @@ class RunContext:
     device: torch.device = CPU
     rank: int = 0
     world_size: int = 1
-    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # DDP / prepare_model
+    wrap_model: Callable[[GenerativeModel], nn.Module] | None = None  # DDP / prepare_model
     resume_from: Path | None = None  # a checkpoint folder
     should_stop: Callable[[], bool] = _never  # polled every step; True cancels the run
     on_batch: Callable[[int, int, int], None] | None = None  # (epoch, batch, batches) progress
@@ -121,7 +122,7 @@ class TrainingRun:
         ).to(self.device)
         self._setup_loaders(self.data)
         total_steps = self.train_spec.epochs * self.steps_per_epoch
-        betas = getattr(self.model, "adam_betas", None)
+        betas = self.model.adam_betas
         self.optimizers = {
             phase: build_optimizer(self.model.phase_parameters(phase), self.train_spec, betas)
             for phase in self.model.phases
@@ -156,7 +157,7 @@ class TrainingRun:
         self.steps_per_epoch = min(batches, self.train_spec.max_steps_per_epoch or batches)
         self.val_loader = evaluation_loader(data.val, batch_size, rank, world)
         self.test_loader = evaluation_loader(data.test, batch_size, rank, world)
-        count = min(VISUAL_IMAGES, len(data.val))  # type: ignore[arg-type]
+        count = min(VISUAL_IMAGES, len(data.val))
         images, labels = zip(*(data.val[i] for i in range(count)), strict=True)
         self.visual_batch = (torch.stack(images), torch.stack(labels))
 
@@ -172,9 +173,9 @@ class TrainingRun:
             "dims": shape.dims,
             "binarization": self.data.binarization,
             "num_classes": self.data.num_classes,
-            "train_images": len(self.data.train),  # type: ignore[arg-type]
-            "val_images": len(self.data.val),  # type: ignore[arg-type]
-            "test_images": len(self.data.test),  # type: ignore[arg-type]
+            "train_images": len(self.data.train),
+            "val_images": len(self.data.val),
+            "test_images": len(self.data.test),
             "test_split": self.data.test_split,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "steps_per_epoch": self.steps_per_epoch,
@@ -207,9 +208,7 @@ class TrainingRun:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.train_sampler.set_epoch(epoch)
-        set_data_epoch = getattr(self.data.train, "set_epoch", None)
-        if set_data_epoch is not None:
-            set_data_epoch(epoch)  # dynamic binarization redraws its pixels
+        self.data.train.set_epoch(epoch)  # dynamic binarization redraws its pixels
         self.trained_module.train()
         sums = MetricSums(self.device)
         images_seen = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -278,7 +277,7 @@ class TrainingRun:
         classifier = self._feature_classifier()
         if classifier is None:
             return {}
-        count = min(FCD_IMAGES, len(self.data.val))  # type: ignore[arg-type]
+        count = min(FCD_IMAGES, len(self.data.val))
         real = torch.stack([self.data.val[i][0] for i in range(count)])  # (N, C, H, W)
         labels = (torch.arange(count) % self.data.num_classes).to(self.device)
         with evaluation_mode(self.inference_model) as model:
@@ -291,7 +290,7 @@ class TrainingRun:
         if self.model.objective not in FCD_OBJECTIVES or self.data.num_classes < 2:
             return None
         if self.classifier is None:
-            count = min(FCD_CLASSIFIER_IMAGES, len(self.data.train))  # type: ignore[arg-type]
+            count = min(FCD_CLASSIFIER_IMAGES, len(self.data.train))
             images, labels = zip(*(self.data.train[i] for i in range(count)), strict=True)
             self.classifier = train_feature_classifier(
                 torch.stack(images),
@@ -363,12 +362,10 @@ class TrainingRun:
             torch.cuda.empty_cache()
 
 
-def evaluation_loader(
-    split: Dataset[tuple[Tensor, Tensor]], batch_size: int, rank: int, world_size: int
-) -> DataLoader:
+def evaluation_loader(split: ImageSplit, batch_size: int, rank: int, world_size: int) -> DataLoader:
     """Every image of `split` exactly once over all ranks (DistributedSampler would pad with
     repeats), in order, last batch kept: likelihood sums must be exact."""
-    shard = Subset(split, range(rank, len(split), world_size))  # type: ignore[arg-type]
+    shard = Subset(split, range(rank, len(split), world_size))
     return DataLoader(shard, batch_size, shuffle=False)
 
 
@@ -400,8 +397,7 @@ def likelihood_kind(model: GenerativeModel) -> str:
     if model.objective == "exact_likelihood":
         return "exact"
     if model.objective == "elbo":
-        every = getattr(model.params, "iw_samples", None)
-        last = getattr(model.params, "iw_samples_final", None)
+        every, last = model.importance_samples(final=False), model.importance_samples(final=True)
         return f"bound (IWAE k={every}, k={last} at the last epoch)"
     return "none"
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from trainers.api import nats_to_bits_per_dim
+from trainers.generative_model import nats_to_bits_per_dim
 
 
 class MetricSums:

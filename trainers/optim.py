@@ -13,19 +13,19 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from jobs.spec import TrainSpec
-from trainers.api import GenerativeModel
+from trainers.generative_model import GenerativeModel
 
 SGD_MOMENTUM = 0.9  # the spec has no momentum field; plain SGD is too slow to be a useful choice
 
 
 def build_optimizer(
-    params: Iterator[nn.Parameter], train: TrainSpec, betas: tuple[float, float] | None
+    params: Iterator[nn.Parameter], train: TrainSpec, betas: tuple[float, float]
 ) -> Optimizer:
+    """`betas` (the model's `adam_betas`) apply to Adam and AdamW only."""
     if train.optimizer == "sgd":
         return SGD(params, lr=train.lr, momentum=SGD_MOMENTUM, weight_decay=train.weight_decay)
     adam = Adam if train.optimizer == "adam" else AdamW
-    extra = {"betas": betas} if betas is not None else {}
-    return adam(params, lr=train.lr, weight_decay=train.weight_decay, **extra)
+    return adam(params, lr=train.lr, weight_decay=train.weight_decay, betas=betas)
 
 
 def build_schedule(optimizer: Optimizer, train: TrainSpec, total_steps: int) -> LambdaLR:

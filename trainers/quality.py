@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.api import to_unit_range
+from trainers.generative_model import to_unit_range
 
 FEATURES = 64
 BATCH_SIZE = 128

@@ -7,12 +7,13 @@ generator seed into the same images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from trainers.api import GenerativeModel
+from trainers.generative_model import GenerativeModel
 from trainers.likelihood import sample_categorical
 
 
@@ -61,9 +62,18 @@ def draw_noise(model: AutoregressiveModel, count: int, generator: torch.Generato
     return torch.rand(size, generator=generator)  # (N, H, W, C, K), on CPU for reproducibility
 
 
-def categorical_pixel(logits: Tensor, channel: int, row: int, col: int, noise: Tensor) -> Tensor:
-    """Draw channel `channel` of pixel (row, col) from logits (N, C, levels, H, W)."""
-    return sample_categorical(logits[:, channel, :, row, col], noise[:, channel, 0])
+def softmax_pixel(
+    logits_of: Callable[[Tensor], Tensor], images: Tensor, row: int, col: int, noise: Tensor
+) -> Tensor:
+    """`sample_pixel` of a model with a softmax per sub-pixel: values (N, C) of pixel (row, col),
+    each channel drawn from `logits_of(levels so far)` (N, C, levels, H', W'), rerun after the
+    channels before it are drawn."""
+    # Rows below `row` cannot change its logits, so the naive sampler need not run them.
+    rows_so_far = images[:, :, : row + 1].clone()  # (N, C, row + 1, W)
+    for channel in range(images.shape[1]):
+        logits = logits_of(rows_so_far)[:, channel, :, row, col]  # (N, levels)
+        rows_so_far[:, channel, row, col] = sample_categorical(logits, noise[:, channel, 0])
+    return rows_so_far[:, :, row, col]
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Cluster page: the Ray nodes, resources in use, the jobs on each node, the jobs waiting and
 why, what was asked of Ray's autoscaler for them, and the live dispatchers.
 
-Every dispatcher (cluster/dispatcher.py, `genfleet worker`) publishes its own status with
+Every dispatcher (cluster/dispatcher.py, `genfleet dispatcher`) publishes its own status with
 `JobStore.put_dispatcher_status` every few seconds with a short TTL: `{"dispatcher",
 "updated_at", "nodes": [{"node_id", "address", "alive", "cpus", "gpus", "memory_gb"}],
 "available": {"cpus", "gpus"}, "running_jobs": {job id: [node ids]}, "waiting": [WaitingJob],
@@ -148,7 +148,7 @@ def cluster_view() -> None:
     memory_and_fullness(status)
     if status is None:
         st.warning(
-            "No dispatcher has reported. Start one with `genfleet worker`; until one runs, "
+            "No dispatcher has reported. Start one with `genfleet dispatcher`; until one runs, "
             "queued jobs stay queued."
         )
         return

@@ -121,7 +121,7 @@ def events_table(job_id: str) -> None:
                 "time": datetime.fromtimestamp(event.ts).strftime("%Y-%m-%d %H:%M:%S"),
                 "status": event.status.value,
                 "message": event.message,
-                "worker": event.worker,
+                "dispatcher": event.dispatcher_id,
             }
             for event in events
         ],

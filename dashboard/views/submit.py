@@ -11,8 +11,8 @@ from dashboard import connection
 from dashboard.form_builder import form_builder
 from dashboard.spec_builder import spec_to_yaml
 from dashboard.spec_review import review_and_submit
-from jobs.limits import limits
 from jobs.records import JobNotFound
+from jobs.settings import limits
 
 EXAMPLES_DIR = Path(jobs.__file__).with_name("examples")
 TEXT_KEY = "submit.text"

@@ -2,7 +2,7 @@
 -- Promotes retries whose backoff is over, then claims the first of the `window` best queued
 -- jobs that fits; jobs that do not fit keep their place. Returns the claimed job's record as
 -- HGETALL pairs, or false when nothing fits.
-local worker, lease = ARGV[1], tonumber(ARGV[2])
+local dispatcher, lease = ARGV[1], tonumber(ARGV[2])
 local free_cpus, free_gpus = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_seconds()
 -- First a write that needs memory (INCRBY is deny-oom), so that a full Redis refuses the whole
@@ -30,12 +30,12 @@ for _, id in ipairs(redis.call('ZRANGE', KEY.queue, 0, window - 1)) do
     redis.call('HINCRBY', job, 'claims', 1)  -- the new lease's fencing token
     local max_attempts = redis.call('HGET', job, 'max_attempts')
     local deadline = now + lease
-    redis.call('HSET', job, 'owner', worker, 'started_at', stamp(now),
+    redis.call('HSET', job, 'owner', dispatcher, 'started_at', stamp(now),
       'lease_deadline', stamp(deadline), 'pending_reason', '')
     redis.call('ZREM', KEY.queue, id)
     redis.call('ZADD', KEY.running, deadline, id)
     set_status(id, 'queued', 'running', now)
-    add_event(id, now, 'running', string.format('attempt %d of %s', attempt, max_attempts), worker)
+    add_event(id, now, 'running', string.format('attempt %d of %s', attempt, max_attempts), dispatcher)
     return redis.call('HGETALL', job)
   end
 end

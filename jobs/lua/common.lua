@@ -50,8 +50,8 @@ local function pop_capped(id, key, name)
   if value then redis.call('HINCRBY', KEY.footprint .. id, name .. ':bytes', -#value) end
 end
 
-local function add_event(id, now, status, message, worker)
-  local event = {ts = now, status = status, message = message, worker = worker}
+local function add_event(id, now, status, message, dispatcher)
+  local event = {ts = now, status = status, message = message, dispatcher = dispatcher}
   push_capped(id, KEY.events .. id, 'events', cjson.encode(event), CAP.event_bytes)
 end
 
@@ -63,13 +63,13 @@ local function set_status(id, from, to, now)
   redis.call('HSET', KEY.job .. id, 'status', to, 'updated_at', stamp(now))
 end
 
--- nil when the lease (`worker`, `claim`) still holds the running job, else why not: 'missing'
+-- nil when the lease (`dispatcher`, `claim`) still holds the running job, else why not: 'missing'
 -- or 'lost'. The claim number is the fencing token: it grows with every claim, so a dispatcher
 -- that lost the job and claimed it again cannot write for its old copy of the run.
-local function lease_problem(id, worker, claim)
+local function lease_problem(id, dispatcher, claim)
   local state = redis.call('HMGET', KEY.job .. id, 'status', 'owner', 'claims')
   if not state[1] then return 'missing' end
-  if state[1] ~= 'running' or state[2] ~= worker or state[3] ~= claim then return 'lost' end
+  if state[1] ~= 'running' or state[2] ~= dispatcher or state[3] ~= claim then return 'lost' end
   return nil
 end
 
@@ -116,7 +116,7 @@ end
 local ARTIFACT_KINDS = {
   metrics = true, image = true, log = true, checkpoint = true, trial = true, event = true,
 }
-local function write_artifacts(id, worker, first)
+local function write_artifacts(id, dispatcher, first)
   for i = first, #ARGV, 4 do
     if not ARTIFACT_KINDS[ARGV[i]] then
       return redis.error_reply('write_artifacts: unknown kind ' .. ARGV[i])
@@ -140,7 +140,7 @@ local function write_artifacts(id, worker, first)
     elseif kind == 'trial' then
       redis.call('HSET', KEY.trials .. id, trial, value)
     else
-      add_event(id, now, 'running', value, worker)
+      add_event(id, now, 'running', value, dispatcher)
     end
   end
   return nil
@@ -156,17 +156,17 @@ local function withdraw(id, now, to, message)
 end
 
 -- Ends a running job's attempt in a terminal status.
-local function finish(id, now, to, message, worker)
+local function finish(id, now, to, message, dispatcher)
   redis.call('ZREM', KEY.running, id)
   redis.call('HSET', KEY.job .. id, 'finished_at', stamp(now), 'lease_deadline', '')
   set_status(id, 'running', to, now)
-  add_event(id, now, to, message, worker)
+  add_event(id, now, to, message, dispatcher)
 end
 
 -- Ends an attempt that did not succeed: cancelled when a cancel was asked for, failed when it
 -- may not be retried, dead when its attempts are used up, else queued again, after waiting
 -- out the backoff in the delayed set when that is positive. Returns the new status.
-local function end_failed_attempt(id, now, retryable, backoff, message, worker)
+local function end_failed_attempt(id, now, retryable, backoff, message, dispatcher)
   local job = KEY.job .. id
   local fields = redis.call('HMGET', job, 'attempts', 'max_attempts', 'cancel_requested')
   local attempts, max_attempts = tonumber(fields[1]), tonumber(fields[2])
@@ -179,7 +179,7 @@ local function end_failed_attempt(id, now, retryable, backoff, message, worker)
     to = 'dead'
   end
   if to then
-    finish(id, now, to, message, worker)
+    finish(id, now, to, message, dispatcher)
     return to
   end
   redis.call('ZREM', KEY.running, id)
@@ -193,7 +193,7 @@ local function end_failed_attempt(id, now, retryable, backoff, message, worker)
     enqueue(id)
   end
   set_status(id, 'running', 'queued', now)
-  add_event(id, now, 'queued', message, worker)
+  add_event(id, now, 'queued', message, dispatcher)
   return 'queued'
 end
 
@@ -202,11 +202,11 @@ end
 -- stopped for a reason outside the job (its dispatcher stopped or crashed, a node or the relay
 -- was lost). `counted` interruptions (crashes, not clean stops) have a cap of their own, so
 -- that a job which takes its dispatcher down every time still ends, dead. Returns the status.
-local function hand_back(id, now, message, worker, counted, max_interruptions)
+local function hand_back(id, now, message, dispatcher, counted, max_interruptions)
   local job = KEY.job .. id
   redis.call('HINCRBY', job, 'attempts', -1)
   if redis.call('HGET', job, 'cancel_requested') == '1' then
-    finish(id, now, 'cancelled', message, worker)
+    finish(id, now, 'cancelled', message, dispatcher)
     return 'cancelled'
   end
   if counted then
@@ -214,7 +214,7 @@ local function hand_back(id, now, message, worker, counted, max_interruptions)
     message = string.format('%s (interruption %d of %d)', message, interruptions, max_interruptions)
     redis.call('HSET', job, 'last_error', message)
     if interruptions >= max_interruptions then
-      finish(id, now, 'dead', message .. ': too many interruptions', worker)
+      finish(id, now, 'dead', message .. ': too many interruptions', dispatcher)
       return 'dead'
     end
   end
@@ -222,6 +222,6 @@ local function hand_back(id, now, message, worker, counted, max_interruptions)
   redis.call('HSET', job, 'lease_deadline', '')
   enqueue(id)
   set_status(id, 'running', 'queued', now)
-  add_event(id, now, 'queued', message, worker)
+  add_event(id, now, 'queued', message, dispatcher)
   return 'queued'
 end

@@ -1,4 +1,4 @@
--- ARGV: id, worker, claim, then one group of four per write (see write_artifacts in
+-- ARGV: id, dispatcher, claim, then one group of four per write (see write_artifacts in
 -- common.lua). Every write a run makes (metrics, images, logs, checkpoints, trials, events)
 -- comes through here, behind the run's fencing token (lease_problem): all of the batch lands,
 -- or none of it when the lease is gone. Returns 'ok', or 'lost' / 'missing'.

@@ -3,7 +3,7 @@
     RedisHost       redis-server, append-only file and a password, on <host>:6379
     RayHead         `ray start --head`, 0 CPUs; GCS :6379, Ray Client :10001, dashboard :8265
     RayWorker       `ray start --address=<head>:6379` with a few CPUs; may join at any time
-    DispatcherHost  `genfleet worker`, a Ray Client of the head (ray://<head>:10001)
+    DispatcherHost  `genfleet dispatcher`, a Ray Client of the head (ray://<head>:10001)
     Cluster         the network, its shared folders and secrets, and the services on it
 
 Ray's token auth is on everywhere: RAY_AUTH_MODE=token and one random RAY_AUTH_TOKEN. Each
@@ -392,10 +392,10 @@ class DispatcherHost:
     dispatcher_id: str | None = None  # "<host>-<pid>", as the dispatcher names itself
 
     def start(self, store: JobStore) -> str:
-        """Start `genfleet worker`; return its id once it has published a status to `store`."""
+        """Start `genfleet dispatcher`; return its id once it has published a status to `store`."""
         command = [
             "genfleet",
-            "worker",
+            "dispatcher",
             f"--lease-seconds={self.lease_seconds}",
             f"--poll-seconds={self.poll_seconds}",
         ]

@@ -272,6 +272,6 @@ def test_f_sigterm_on_a_dispatcher_hands_its_job_to_the_other_without_an_attempt
 
 
 def dispatcher_pid(dispatcher: DispatcherHost) -> int:
-    """Its id is "<host>-<pid>", the pid of the `genfleet worker` the harness started."""
+    """Its id is "<host>-<pid>", the pid of the `genfleet dispatcher` the harness started."""
     assert dispatcher.dispatcher_id is not None
     return int(dispatcher.dispatcher_id.rsplit("-", 1)[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from jobs.model_params import PARAMS_BY_MODEL, Params
-from trainers.api import GenerativeModel, ImageShape
+from trainers.generative_model import GenerativeModel, ImageShape
 
 # name -> module under trainers.models whose MODEL is the class; imported on first use so that
 # building one model does not import the other seven.

@@ -21,8 +21,13 @@ import torch
 from torch import Tensor
 
 from jobs.model_params import AutoencoderParams
-from trainers.api import GenerativeModel, ImageShape, to_unit_range
-from trainers.layers import ConvDecoder, ConvEncoder, unit_range_to_levels
+from trainers.generative_model import (
+    GenerativeModel,
+    ImageShape,
+    to_unit_range,
+    unit_range_to_levels,
+)
+from trainers.layers.encoder_decoder import ConvDecoder, ConvEncoder
 
 # Weight of each new batch in the running code statistics.
 CODE_STATS_MOMENTUM = 0.05

@@ -24,8 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jobs.model_params import DCGANParams
-from trainers.api import GenerativeModel, ImageShape, to_unit_range
-from trainers.layers import ConvDecoder, ConvEncoder, unit_range_to_levels
+from trainers.generative_model import (
+    GenerativeModel,
+    ImageShape,
+    to_unit_range,
+    unit_range_to_levels,
+)
+from trainers.layers.encoder_decoder import ConvDecoder, ConvEncoder
 
 INIT_STD = 0.02  # section 4
 ADAM_BETA2 = 0.999  # the paper changes beta1 only

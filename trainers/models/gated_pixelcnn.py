@@ -26,20 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jobs.model_params import GatedPixelCNNParams
-from trainers.api import ImageShape, to_unit_range
-from trainers.cached_sampling import (
-    CachedAutoregressiveModel,
-    FeatureCache,
-    PositionConv,
-    PositionHead,
-)
-from trainers.layers import (
-    MaskedConv2d,
-    ShiftedConv2d,
-    SubpixelLogitHead,
-    down_shift,
-    gated_activation,
-)
+from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.heads import SubpixelLogitHead, gated_activation
+from trainers.layers.masked_conv import MaskedConv2d
+from trainers.layers.shifted_conv import ShiftedConv2d, down_shift
+from trainers.likelihood import categorical_nll
+from trainers.sampling import softmax_pixel
 
 
 class GatedLayer(nn.Module):
@@ -100,7 +93,7 @@ class GatedLayer(nn.Module):
         return vertical_out, horizontal_out
 
 
-class GatedPixelCNN(CachedAutoregressiveModel):
+class GatedPixelCNN(IncrementalModel):
     name: ClassVar[str] = "gated_pixelcnn"
 
     def __init__(self, params: GatedPixelCNNParams, shape: ImageShape, num_classes: int) -> None:
@@ -117,10 +110,21 @@ class GatedPixelCNN(CachedAutoregressiveModel):
         self.head = SubpixelLogitHead(width, params.output_hidden, groups, shape.levels)
 
     def logits(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Levels (B, C, H, W) -> logits (B, C, levels, H, W), causal in raster order."""
         vertical = horizontal = to_unit_range(images, self.shape.levels)  # (B, C, H, W)
         for layer in self.layers:
             vertical, horizontal = layer(vertical, horizontal, labels)
         return self.head(horizontal)
+
+    def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
+        del phase
+        nll_nats = categorical_nll(self.logits(images, labels), images)  # (B,)
+        return {"loss": nll_nats / self.shape.dims, "nll_nats": nll_nats}
+
+    def sample_pixel(
+        self, images: Tensor, labels: Tensor, row: int, col: int, noise: Tensor
+    ) -> Tensor:
+        return softmax_pixel(lambda rows: self.logits(rows, labels), images, row, col, noise)
 
     def incremental(self, labels: Tensor) -> GatedPixelCNNCaches:
         return GatedPixelCNNCaches(self, labels)

@@ -21,14 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jobs.model_params import PixelCNNParams
-from trainers.api import ImageShape, to_unit_range
-from trainers.cached_sampling import (
-    CachedAutoregressiveModel,
-    FeatureCache,
-    PositionConv,
-    PositionHead,
-)
-from trainers.layers import MaskedConv2d, SubpixelLogitHead
+from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.heads import SubpixelLogitHead
+from trainers.layers.masked_conv import MaskedConv2d
+from trainers.likelihood import categorical_nll
+from trainers.sampling import softmax_pixel
 
 
 class ResidualBlock(nn.Module):
@@ -45,7 +43,7 @@ class ResidualBlock(nn.Module):
         return stream + self.expand(F.relu(self.masked(bottleneck)))
 
 
-class PixelCNN(CachedAutoregressiveModel):
+class PixelCNN(IncrementalModel):
     name: ClassVar[str] = "pixelcnn"
 
     def __init__(self, params: PixelCNNParams, shape: ImageShape, num_classes: int) -> None:
@@ -58,11 +56,22 @@ class PixelCNN(CachedAutoregressiveModel):
         self.head = SubpixelLogitHead(2 * hidden, params.output_hidden, groups, shape.levels)
 
     def logits(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Levels (B, C, H, W) -> logits (B, C, levels, H, W), causal in raster order."""
         del labels
         stream = self.input_conv(to_unit_range(images, self.shape.levels))  # (B, 2h, H, W)
         for block in self.blocks:
             stream = block(stream)
         return self.head(stream)
+
+    def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
+        del phase
+        nll_nats = categorical_nll(self.logits(images, labels), images)  # (B,)
+        return {"loss": nll_nats / self.shape.dims, "nll_nats": nll_nats}
+
+    def sample_pixel(
+        self, images: Tensor, labels: Tensor, row: int, col: int, noise: Tensor
+    ) -> Tensor:
+        return softmax_pixel(lambda rows: self.logits(rows, labels), images, row, col, noise)
 
     def incremental(self, labels: Tensor) -> PixelCNNCaches:
         return PixelCNNCaches(self, len(labels), labels.device)

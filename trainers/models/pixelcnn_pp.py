@@ -39,8 +39,14 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from jobs.model_params import PixelCNNPPParams
-from trainers.api import ImageShape, to_unit_range
-from trainers.layers import Shift, ShiftedConv2d, ShiftedConvTranspose2d, down_shift, right_shift
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.shifted_conv import (
+    Shift,
+    ShiftedConv2d,
+    ShiftedConvTranspose2d,
+    down_shift,
+    right_shift,
+)
 from trainers.likelihood import (
     discretized_logistic_mixture_nll,
     logistic_mixture_channels,

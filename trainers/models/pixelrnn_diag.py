@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.api import ImageShape
 from trainers.cached_sampling import IncrementalModel, PositionConv
-from trainers.layers import MaskedConv2d, lstm_scan, skew, unskew
+from trainers.generative_model import ImageShape
+from trainers.layers.lstm_scan import lstm_scan, skew, unskew
+from trainers.layers.masked_conv import MaskedConv2d
 from trainers.models.pixelrnn_row import PixelRNN, PixelRNNCaches
 
 

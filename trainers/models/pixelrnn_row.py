@@ -16,11 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from jobs.model_params import PixelRNNParams
-from trainers.api import ImageShape, to_unit_range
 from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
-from trainers.layers import MaskedConv2d, SubpixelLogitHead, lstm_scan
+from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.heads import SubpixelLogitHead
+from trainers.layers.lstm_scan import lstm_scan
+from trainers.layers.masked_conv import MaskedConv2d
 from trainers.likelihood import categorical_nll
-from trainers.sampling import AutoregressiveModel, categorical_pixel
+from trainers.sampling import AutoregressiveModel, softmax_pixel
 
 
 class PixelRNN(AutoregressiveModel):
@@ -68,12 +70,10 @@ class PixelRNN(AutoregressiveModel):
         self, images: Tensor, labels: Tensor, row: int, col: int, noise: Tensor
     ) -> Tensor:
         del labels
-        # Outputs of a row never depend on rows below it, so those need not be run.
-        rows_so_far = images[:, :, : row + 1].clone()  # (N, C, row + 1, W)
-        for channel in range(self.shape.channels):
-            logits = self.logits(to_unit_range(rows_so_far, self.shape.levels))
-            rows_so_far[:, channel, row, col] = categorical_pixel(logits, channel, row, col, noise)
-        return rows_so_far[:, :, row, col]
+        levels = self.shape.levels
+        return softmax_pixel(
+            lambda rows: self.logits(to_unit_range(rows, levels)), images, row, col, noise
+        )
 
 
 class RowLSTM(nn.Module):

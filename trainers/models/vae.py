@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from jobs.model_params import VAEParams
-from trainers.api import GenerativeModel, ImageShape, to_unit_range
-from trainers.layers import ConvDecoder, ConvEncoder
+from trainers.generative_model import GenerativeModel, ImageShape, to_unit_range
+from trainers.layers.encoder_decoder import ConvDecoder, ConvEncoder
 from trainers.likelihood import bernoulli_nll, categorical_nll, sample_categorical
 
 # Decoder logits one chunk of importance samples may hold (64 MiB of float32), so that k = 1000
@@ -100,9 +100,11 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels: Tensor, final: bool = False) -> dict[str, Tensor]:
         metrics = {key: value.detach() for key, value in self(images, labels).items()}
-        samples = self.params.iw_samples_final if final else self.params.iw_samples
-        metrics["nll_nats"] = self.importance_weighted_nll(images, samples)
+        metrics["nll_nats"] = self.importance_weighted_nll(images, self.importance_samples(final))
         return metrics
+
+    def importance_samples(self, final: bool) -> int:
+        return self.params.iw_samples_final if final else self.params.iw_samples
 
     @torch.no_grad()
     def importance_weighted_nll(self, images: Tensor, samples: int) -> Tensor:

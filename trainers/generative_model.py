@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from jobs.model_params import Params
 
 Objective = Literal["exact_likelihood", "elbo", "reconstruction", "adversarial"]
+TORCH_ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's and AdamW's own default
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ def to_unit_range(images: Tensor, levels: int) -> Tensor:
     return images.float() * (2.0 / (levels - 1)) - 1.0
 
 
+def unit_range_to_levels(values: Tensor, levels: int) -> Tensor:
+    """Floats in [-1, 1] -> nearest integer levels in [0, levels): inverse of to_unit_range."""
+    scaled = (values + 1.0) * ((levels - 1) / 2.0)
+    return scaled.round().clamp(0, levels - 1).long()
+
+
 def nats_to_bits_per_dim(nats_per_image: Tensor | float, dims: int) -> Tensor | float:
     return nats_per_image / (dims * math.log(2.0))
 
@@ -52,8 +59,10 @@ class GenerativeModel(nn.Module):
     averaged over the evaluation set and reported as `val_<key>`.
     """
 
-    name: ClassVar[str]
-    objective: ClassVar[Objective]
+    name: ClassVar[str]  # the `model.type` job specs register it by
+    objective: ClassVar[Objective]  # what its loss is, which picks the metrics the loop reports
+    # One optimizer step per phase per batch, in this order; each phase's optimizer updates
+    # `phase_parameters(phase)` (a GAN trains its discriminator, then its generator).
     phases: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, params: Params, shape: ImageShape, num_classes: int) -> None:
@@ -64,6 +73,18 @@ class GenerativeModel(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor, phase: str = "train") -> dict[str, Tensor]:
         raise NotImplementedError
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        """(beta1, beta2) of every phase's Adam or AdamW; torch's default unless a paper says
+        otherwise (DCGAN's beta1 = 0.5)."""
+        return TORCH_ADAM_BETAS
+
+    def importance_samples(self, final: bool) -> int | None:
+        """k of the importance-weighted bound `evaluate` reports as `nll_nats`, at the last
+        evaluation when `final`; None for a model whose `nll_nats` is not such a bound."""
+        del final
+        return None
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """Parameters the optimizer of `phase` updates (a GAN has one per network)."""

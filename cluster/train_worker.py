@@ -1,12 +1,13 @@
-"""The thin Ray adapter: the one training loop inside a Ray Train worker.
+"""The Ray Train worker function: the one training loop (trainers/loop.py) inside a Train worker.
 
-The only module in `trainers/` that touches `ray.train`. Metrics go to `ray.train.report` (with
-the epoch's checkpoint attached, so Ray Train persists it to storage and restores it after a
-worker failure) and, from rank 0, to the dispatcher's relay actor, together with sample grids,
-log lines and where each checkpoint lies; a new claim of the job starts from the checkpoint in
-the loop config's `resume_from`. The relay, the job id, its attempt number and the
-trial id come in the loop config. The spec's trackers (trainers/trackers.py) write from rank 0: TensorBoard event
-files to `<run_dir>/tensorboard`, where each sweep trial has a run_dir of its own.
+`trainers/` is pure PyTorch; this is where it meets `ray.train`. Metrics go to
+`ray.train.report` (with the epoch's checkpoint attached, so Ray Train persists it to storage
+and restores it after a worker failure) and, from rank 0, to the dispatcher's relay actor,
+together with sample grids, log lines and where each checkpoint lies; a new claim of the job
+starts from the checkpoint in the loop config's `resume_from`. The relay, the job id, its
+attempt number and the trial id come in the loop config. The spec's trackers
+(trainers/trackers.py) write from rank 0: TensorBoard event files to `<run_dir>/tensorboard`,
+where each sweep trial has a run_dir of its own.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-from ray.util import get_current_placement_group
 from torch import nn
 
+from cluster.ray_runtime import placement_group_id, train_controller
+from jobs.failures import NotRetryable
 from jobs.messages import (
     Checkpoint,
     Controller,
@@ -33,9 +35,11 @@ from jobs.messages import (
     Message,
     Metrics,
     RunInfo,
+    Unrecoverable,
     Worker,
 )
 from jobs.spec import JobSpec
+from trainers.generative_model import GenerativeModel
 from trainers.loop import NonFiniteLossError, RunContext, train_job
 from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 
@@ -110,6 +114,9 @@ class RayReporter:
     def fatal(self, error: str) -> None:
         self._send(Fatal(error, self.trial, self.group))
 
+    def unrecoverable(self, error: str) -> None:
+        self._send(Unrecoverable(error, self.trial, self.group))
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(config["spec"])
@@ -155,39 +162,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # here and tell the dispatcher, which fails the job without retrying.
             if rank == 0:
                 reporter.fatal(f"NonFiniteLossError: {exc}")
+        except NotRetryable as exc:
+            # This rank may be alone with it (a file its node cannot read), and the others must
+            # not wait for it in a collective: the group fails as on any error. Told first, the
+            # dispatcher fails the job without a retry if Ray Train's restarts fail too.
+            reporter.unrecoverable(f"{type(exc).__name__}: {exc}")
+            reporter.flush()
+            raise
         reporter.flush()
 
 
-def train_controller() -> Any | None:
-    """This run's Ray Train controller, which the dispatcher aborts to cancel the run.
-
-    Ray Train has no public handle to it; its internal train context (Ray 2.60) holds one.
-    None where a Ray release keeps it elsewhere: cancel then relies on the runner's death and
-    on the placement groups the workers reported.
-    """
-    try:
-        from ray.train.v2._internal.execution.context import get_train_context
-
-        return get_train_context().controller_actor
-    except (ImportError, AttributeError):
-        return None
-
-
-def placement_group_id() -> str | None:
-    """The placement group this process runs in, which the dispatcher frees on cancel."""
-    group = get_current_placement_group()
-    return group.id.hex() if group is not None else None
-
-
 def _ddp_wrapper(world_size: int) -> Any:
-    def wrap(model: nn.Module) -> nn.Module:
+    def wrap(model: GenerativeModel) -> nn.Module:
         # A GAN's discriminator phase leaves the generator's parameters unused (and vice
         # versa), which DDP only tolerates when told to look for unused parameters.
-        phases = getattr(model, "phases", ("train",))
         return ray.train.torch.prepare_model(
             model,
             parallel_strategy="ddp" if world_size > 1 else None,
-            parallel_strategy_kwargs={"find_unused_parameters": len(phases) > 1},
+            parallel_strategy_kwargs={"find_unused_parameters": len(model.phases) > 1},
         )
 
     return wrap
