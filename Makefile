@@ -41,8 +41,9 @@ test-fast:
 	$(MAKE) --no-print-directory install
 	$(BIN)/pytest -q -m "not ray and not browser"
 
-# The last, chaos_bench (hours, bounded by its --timeout), needs root and `ip netns`; without
-# them it says why and exits 2.
+# gpu_bench measures on a CUDA device and runs its CPU smoke sizes where there is none. The last,
+# chaos_bench (hours, bounded by its --timeout), needs root and `ip netns`; without them it says
+# why and exits 2.
 bench: install
 	$(BIN)/python bench/queue_bench.py
 	$(BIN)/python bench/stress_bench.py
@@ -50,8 +51,11 @@ bench: install
 	$(BIN)/python bench/recipe_bench.py
 	$(BIN)/python bench/sampling_bench.py
 	$(BIN)/python bench/ray_bench.py
+	$(BIN)/python bench/sweep_bench.py
 	$(BIN)/python bench/dashboard_bench.py
 	$(BIN)/python bench/footprint_bench.py
+	$(BIN)/python bench/data_path_bench.py
+	$(BIN)/python bench/gpu_bench.py
 	$(BIN)/python bench/chaos_bench.py
 
 lint: install

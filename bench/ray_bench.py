@@ -18,13 +18,16 @@ a. Ray Train overhead. Each round trains the spec through `train_job` twice: bar
    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, and the worker's next report waits for it). A third run
    per round uses Ray's default of 2 s instead of genfleet's 0.25 s, to show what that costs.
 b. Submit to first step on a warm stack: `JobQueue.submit`, claimed by a Dispatcher (a thread
-   here, with `genfleet dispatcher`'s lease and poll defaults) that starts a Ray Train run, beside
-   Ray's Jobs API `submit_job` of `genfleet run-local` on the same spec (1 entrypoint CPU).
+   here, with `genfleet dispatcher`'s lease and poll defaults) that trains the one-worker spec
+   in its warm runner (cluster/warm_runner.py; timed once the pool is full again), then the
+   same with no warm runner (a runner process started at the claim), then in a one-worker
+   Ray Train run (as before issue 14), beside Ray's Jobs API `submit_job` of `genfleet
+   run-local` on the same spec (1 entrypoint CPU).
    The spec trains one epoch of one step, so its first metrics report (the job store's metrics
    for genfleet, metrics.jsonl for run-local) comes after the first step and the same
    epoch-end work (a val pass, 4 samples, a checkpoint). "set up" is the run info the loop
    reports just before its first step (a job event; info.json). One untimed run of each
-   system first, then alternating repeats; the bench polls every 50 ms.
+   system first, then its repeats; the bench polls every 50 ms.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ from cluster.dispatcher import Dispatcher
 from cluster.ray_runtime import connect_ray
 from cluster.relay import Relay
 from cluster.train_run import REPORT_POLL_SECONDS, REPORT_POLL_VARIABLE, build_trainer
+from cluster.warm_runner import WarmPool
 from jobs.messages import Message, Metrics
 from jobs.queue import JobQueue
 from jobs.records import JobStatus
@@ -73,6 +78,10 @@ BARE = "bare `train_job`"
 ON_RAY = f"Ray Train, 1 worker (reports collected every {REPORT_POLL_SECONDS} s)"
 ON_RAY_SLOW_POLL = "Ray Train, 1 worker, Ray's default 2 s report collection"
 RAY_JOB_FINAL = {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED, RayJobStatus.STOPPED}
+WARM = "genfleet: queue, dispatcher, a warm runner"
+COLD = "genfleet: the same, no warm runner (GENFLEET_WARM_RUNNERS=0)"
+TRAIN = "genfleet: a Ray Train worker group (GENFLEET_DIRECT_RUNS=0)"
+RAY_JOBS = "Ray Jobs API: `genfleet run-local`"
 
 
 @dataclass(frozen=True)
@@ -267,7 +276,11 @@ def time_markers(
     return seen
 
 
-def genfleet_latency(queue: JobQueue, store: JobStore, spec: JobSpec) -> Latency:
+def genfleet_latency(queue: JobQueue, store: JobStore, spec: JobSpec, pool: WarmPool) -> Latency:
+    """Once the dispatcher's warm runners (if it keeps any) are ready, as on a stack that has
+    been up a while."""
+    if pool.size and not pool.wait_ready(timeout=LATENCY_TIMEOUT_SECONDS):
+        raise TimeoutError("the dispatcher's warm runners did not start")
     submitted = time.monotonic()
     job_id = queue.submit(spec)
     seen = time_markers(
@@ -320,25 +333,33 @@ def measure_latencies(
     spec_path.write_text(yaml.safe_dump(spec_data))
     client = JobSubmissionClient(f"http://{ray_dashboard}")
     queue, store = open_queue(settings)
-    systems: dict[str, Callable[[], Latency]] = {
-        "genfleet: queue, dispatcher, Ray Train": lambda: genfleet_latency(queue, store, spec),
-        "Ray Jobs API: `genfleet run-local`": lambda: ray_job_latency(client, spec_path, home),
-    }
+    timed: dict[str, list[Latency]] = {}
+    for name, warm_runners, direct_runs in ((WARM, 1, True), (COLD, 0, True), (TRAIN, 1, False)):
+        stack = replace(settings, warm_runners=warm_runners, direct_runs=direct_runs)
+        with running_dispatcher(queue, store, stack) as pool:
+            measure = partial(genfleet_latency, queue, store, spec, pool)
+            timed[name] = repeated(measure, plan.repeats)
+    timed[RAY_JOBS] = repeated(partial(ray_job_latency, client, spec_path, home), plan.repeats)
+    return timed
+
+
+def repeated(measure: Callable[[], Latency], repeats: int) -> list[Latency]:
+    measure()  # untimed: the first run warms caches and Ray's worker pool
+    return [measure() for _ in range(repeats)]
+
+
+@contextmanager
+def running_dispatcher(queue: JobQueue, store: JobStore, settings: Settings) -> Iterator[Any]:
+    """A dispatcher with `genfleet dispatcher`'s defaults in a thread; yields its warm pool."""
     stop = threading.Event()
-    dispatcher = Dispatcher(queue, store, settings)  # `genfleet dispatcher`'s defaults
+    dispatcher = Dispatcher(queue, store, settings)
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        for measure in systems.values():
-            measure()  # untimed: the first run of each warms caches and Ray's worker pool
-        timed: dict[str, list[Latency]] = {name: [] for name in systems}
-        for _ in range(plan.repeats):
-            for name, measure in systems.items():
-                timed[name].append(measure())
+        yield dispatcher.pool
     finally:
         stop.set()
         thread.join(timeout=60)
-    return timed
 
 
 def open_queue(settings: Settings) -> tuple[JobQueue, JobStore]:

@@ -106,7 +106,7 @@ def up(args: argparse.Namespace) -> int:
     from dashboard.launch import sigterm_interrupts, stop_dashboard
     from jobs.redis_server import describe_url, embedded_server, stop_embedded
 
-    settings = Settings.from_env()
+    settings = Settings.from_env(direct_runs=True)  # warm starts on the one-machine stack
     # Until the dispatcher loop takes the signals over, Ctrl-C and SIGTERM interrupt the start,
     # and `stack` stops what `up` has started so far, the newest first.
     with sigterm_interrupts(), ExitStack() as stack:

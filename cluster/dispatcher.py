@@ -37,23 +37,35 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    RayActorError,
+    RayTaskError,
+)
 from redis.exceptions import NoPermissionError, OutOfMemoryError
 
 from cluster import ray_runtime
 from cluster.autoscaling import AutoscalerDemand
 from cluster.checkpoint_pruning import Deletions, RecordedCheckpoints
-from cluster.job_runner import is_running_on_ray, start_runner, stop_stale_runner
+from cluster.job_runner import hold_run_name, is_running_on_ray, start_runner, stop_stale_runner
 from cluster.lease_keeper import LeaseKeeper
 from cluster.placement import judge_queued_jobs, largest_cluster
 from cluster.relay import Relay
-from cluster.train_run import run_folder
+from cluster.train_run import (
+    direct_run_config,
+    newest_whole_checkpoint,
+    run_folder,
+    run_loop_config,
+)
+from cluster.warm_runner import WarmPool, runs_directly, start_warm_runner
 from jobs.deletion import BATCH as RETENTION_BATCH
 from jobs.deletion import apply_retention
 from jobs.keys import (
@@ -90,6 +102,7 @@ from jobs.store import JobStore
 from trainers.trackers import RunOutcome, end_open_runs
 
 log = logging.getLogger("genfleet.dispatcher")
+T = TypeVar("T")
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP_SECONDS = 5.0  # the most a stop waits for runners and controllers to be gone
@@ -110,8 +123,22 @@ REAPED_OUTCOMES = {
 }
 
 
+class NameTaken(Exception):
+    """The job's runner name is held by a runner from an older lease that does not stop."""
+
+
 class RelayLost(RuntimeError):
     """The run's relay actor died or cannot be reached: its messages can no longer come home."""
+
+
+@dataclass
+class DirectRun:
+    """A run trained directly by a warm runner (cluster/warm_runner.py); `runner` of ActiveJob
+    is then the `RunName` that holds the job's runner name."""
+
+    process: Any  # the WarmRunner training it
+    config: dict[str, Any]  # what it was started with; a restart changes `resume_from`
+    restarts: int = 0
 
 
 @dataclass
@@ -132,6 +159,7 @@ class ActiveJob:
     replaced_groups: dict[str | None, set[str]] = field(default_factory=dict)  # trial -> older
     controllers: dict[str | None, Any] = field(default_factory=dict)  # trial -> Train controller
     checkpoints: RecordedCheckpoints | None = None  # a train job's, pruned as new ones land
+    direct: DirectRun | None = None  # a one-worker run in a warm runner, not Ray Train
     undelivered: deque[Message] = field(default_factory=deque)  # drained, not yet in Redis
     drain: ray.ObjectRef | None = None  # the relay's answer to come, collected when ready
     drain_sent_at: float = 0.0
@@ -188,7 +216,7 @@ class ActiveJob:
         replaced = self.replaced_groups.setdefault(trial, set())
         current = self.current_groups.get(trial)
         if isinstance(message, Worker):
-            group = message.placement_group
+            group = message.group
             if group is None or (current is not None and group == current[0]):
                 return True
             if group not in replaced and (current is None or message.started_at >= current[1]):
@@ -234,6 +262,7 @@ class Dispatcher:
         self.autoscaler_demand = AutoscalerDemand(self.dispatcher_id, settings.max_cluster)
         self.waiting: list[WaitingJob] = []  # as last explained, for the published status
         self.deletions = Deletions()  # of the recorded checkpoints its jobs no longer keep
+        self.pool = WarmPool(settings.warm_runners if settings.direct_runs else 0)
 
     def run(self, stop: threading.Event) -> None:
         log.info("dispatcher %s started", self.dispatcher_id)
@@ -271,8 +300,24 @@ class Dispatcher:
                     log.exception("housekeeping step %s failed; the tick goes on", step.__name__)
         if self.redis_full_since is None:  # a new run would only add to what waits
             self._claim_fitting_jobs()
+        self._keep_warm_runners()
         for job in list(self.active.values()):
             self._service_alone(job)
+
+    def _keep_warm_runners(self) -> None:
+        """Idle warm runners while no job waits for resources; none while one does, queued or
+        claimed (its workers' placement group pending), so that their CPUs go to it."""
+        if not self.pool.size:
+            return
+        try:
+            if self.waiting or ray_runtime.placement_groups_waiting():
+                self.pool.retire()
+            else:
+                ours = self._free_resources().cpus - self.pool.idle_cpus
+                cpus = min(ray_runtime.available_resources()["cpus"], ours)
+                self.pool.refill(cpus, ray_runtime.on_the_head())
+        except Exception:  # a warm runner only saves start-up time; the tick goes on
+            log.exception("could not keep the warm runners")
 
     def _redis_refused(self, what: str) -> None:
         if self.redis_full_since is None:
@@ -324,6 +369,8 @@ class Dispatcher:
         """
         jobs = list(self.active.values())
         self._stop_runs(jobs)
+        with suppress(Exception):  # Ray is gone: so are they
+            self.pool.retire()
         until = time.monotonic() + self.shutdown_seconds
         lost = self._store_what_is_left(jobs, until)
         reason = f"handed back: dispatcher {self.dispatcher_id} stopped"
@@ -360,6 +407,8 @@ class Dispatcher:
         try:
             for job in jobs:
                 ray.kill(job.runner, no_restart=True)
+                if job.direct is not None:
+                    ray.kill(job.direct.process, no_restart=True)
             gone = [job.result for job in jobs]
             gone += [
                 controller.abort.remote() for job in jobs for controller in job.controllers.values()
@@ -439,8 +488,14 @@ class Dispatcher:
     def _free_resources(self, running: list[JobRecord] | None = None) -> Resources:
         total = ray_runtime.cluster_resources()
         running = self._running_records() if running is None else running
+        # Other dispatchers' idle warm runners hold CPUs; ours are ours to give up (`_start`).
+        warm = sum(
+            status.get("warm_cpus", 0.0)
+            for status in self.store.dispatcher_statuses()
+            if status["dispatcher"] != self.dispatcher_id
+        )
         used = Resources(
-            cpus=sum(record.needs_cpus for record in running),
+            cpus=sum(record.needs_cpus for record in running) + warm,
             gpus=sum(record.needs_gpus for record in running),
         )
         return Resources(
@@ -478,18 +533,38 @@ class Dispatcher:
         for checkpoint in reversed(self.store.checkpoints(job_id)):
             recorded.setdefault(checkpoint.trial, []).append(checkpoint.uri)
         head = ray_runtime.on_the_head()
-        relay = Relay.options(scheduling_strategy=head).remote()
+        direct = self.settings.direct_runs and runs_directly(spec)
+        direct_run = direct and spec.kind == "train"
+        warm = self.pool.take(spec) if direct_run else None
+        if warm is None:
+            self.pool.retire()  # the run may need the CPUs the idle ones hold
+        relay = warm.relay if warm else Relay.options(scheduling_strategy=head).remote()
+        direct: DirectRun | None = None
         try:
-            runner, result = self._start_runner(claimed, relay, recorded)
-        except ValueError:  # its name is still taken: a copy from an older lease lives on
-            ray.kill(relay, no_restart=True)
+            if direct_run:
+                config = self._direct_config(claimed, relay, recorded)
+                process = warm.runner if warm else start_warm_runner(spec.scaling.cpus_per_worker)
+                direct = DirectRun(process, config)
+                runner = self._named(job_id, partial(hold_run_name, job_id))
+                result = process.run.remote(direct.config, runner)
+            else:
+                runner, result = self._named(
+                    job_id, partial(self._start_runner, claimed, relay, recorded, direct)
+                )
+        except BaseException as exc:
+            for actor in (relay, direct.process if direct else None):
+                with suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            if not isinstance(exc, NameTaken):
+                raise
+            # Its name is still taken: a copy from an older lease lives on.
             self.leases.let_go(job_id)
             # Not an interruption: no run of ours was lost, and counting it would burn the cap
             # in a minute while a partitioned node keeps the old runner's name.
             self.queue.release(lease, "an earlier run of this job is still stopping on Ray")
             return
         needs = Resources(cpus=spec.needs_cpus, gpus=spec.needs_gpus)
-        job = ActiveJob(lease, runner, result, relay, needs, spec, claimed.attempt)
+        job = ActiveJob(lease, runner, result, relay, needs, spec, claimed.attempt, direct=direct)
         if spec.kind == "train":
             run_dir = run_folder(self.settings.storage, job_id)
             uris = recorded.get(None, [])[::-1]
@@ -501,26 +576,45 @@ class Dispatcher:
         )
 
     def _start_runner(
-        self, claimed: ClaimedJob, relay: Any, recorded: dict[str | None, list[str]]
+        self,
+        claimed: ClaimedJob,
+        relay: Any,
+        recorded: dict[str | None, list[str]],
+        direct_trials: bool,
     ) -> tuple[Any, ray.ObjectRef]:
-        """Start the job's runner (`recorded`: its checkpoints by trial, newest first); a
-        runner left from an older lease is stopped first, as the claim makes us the job's only
-        owner."""
-        start = partial(
-            start_runner,
+        """Start the job's runner (`recorded`: its checkpoints by trial, newest first)."""
+        return start_runner(
             claimed.job_id,
             claimed.lease.claim,
             claimed.spec,
             relay,
             self.settings.storage,
             str(self.settings.data_dir),
-            recorded=recorded,
+            recorded,
+            direct_trials,
         )
+
+    def _direct_config(
+        self, claimed: ClaimedJob, relay: Any, recorded: dict[str | None, list[str]]
+    ) -> dict[str, Any]:
+        data_dir = str(self.settings.data_dir)
+        loop_config = run_loop_config(claimed.job_id, claimed.lease.claim, relay, data_dir)
+        run_dir = run_folder(self.settings.storage, claimed.job_id)
+        return direct_run_config(claimed.spec, loop_config, run_dir, recorded.get(None, []))
+
+    @staticmethod
+    def _named(job_id: str, start: Callable[[], T]) -> T:
+        """`start()` the actor that holds the job's runner name; a runner left from an older
+        lease is stopped first if it holds it still, as the claim makes us the job's only
+        owner. NameTaken while it does not stop."""
         try:
             return start()
-        except ValueError:
-            stop_stale_runner(claimed.job_id, STOP_SECONDS)
+        except ValueError:  # Ray's word for a name in use
+            stop_stale_runner(job_id, STOP_SECONDS)
+        try:
             return start()
+        except ValueError as exc:
+            raise NameTaken(job_id) from exc
 
     def _explain_waiting_jobs(self) -> None:
         """Fail jobs that can never fit or waited too long; give the rest a plain-words reason
@@ -673,27 +767,72 @@ class Dispatcher:
     def _finish(self, job: ActiveJob) -> None:
         try:
             result = ray.get(job.result)
-        except RayTaskError as exc:  # the run itself failed on Ray: keep the cause for the user
-            with suppress(RelayLost):  # the failure is the run's, whatever became of its relay
-                self._relay_everything(job)
-            message = _root_cause(exc)
-            trace = _without_colours(traceback.format_exc())
-            self.queue.fail(job.lease, message, trace, retryable=not job.fails_for_good)
-            # A killed worker (its Ray actor died) closed no tracker.
+        except ActorUnavailableError:  # out of reach for now (a network blip): ask again later
+            return
+        except (RayTaskError, RayActorError, ActorUnschedulableError) as exc:
+            if job.direct is not None and self._restarted(job, job.direct, exc):
+                return
+            self._failed(job, exc)
+            return
+        self._relay_everything(job)
+        if job.fatal_error is not None:
+            self.queue.fail(job.lease, job.fatal_error, None, retryable=False)
             self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
-        except (RayActorError, ActorUnschedulableError) as exc:  # lost with its node
+        else:
+            workers = [_worker_summary(worker) for worker in job.workers.values()]
+            self.queue.complete(job.lease, {**result, "nodes": job.node_ids, "workers": workers})
+        self._forget(job)
+
+    def _restarted(self, job: ActiveJob, direct: DirectRun, exc: Exception) -> bool:
+        """Start a failed direct run again within the claim, from the newest checkpoint it
+        wrote, as Ray Train restarts a worker group: up to `scaling.max_failures` times, not
+        for a failure a retry would repeat, nor once its runner name is gone (the head, or
+        another dispatcher's takeover, ended it)."""
+        if direct.restarts >= job.spec.scaling.max_failures or not is_running_on_ray(job.job_id):
+            return False
+        if self.queue.is_cancel_requested(job.job_id):
+            return False  # `_failed` ends it as the cancel asked
+        with suppress(Exception):  # one that only went out of reach must not train on beside
+            ray.kill(direct.process, no_restart=True)
+        with suppress(RelayLost):  # what the failed process sent, to judge the failure by
+            self._relay_everything(job)
+        if job.fails_for_good:
+            return False
+        # The newest checkpoint the store recorded, as a new claim would: its epoch's row is
+        # stored too, so the curve has no gap.
+        recorded = [c.uri for c in reversed(self.store.checkpoints(job.job_id)) if c.trial is None]
+        resume = newest_whole_checkpoint(recorded) or direct.config["resume_from"]
+        direct.config = {**direct.config, "resume_from": resume}
+        direct.restarts += 1
+        current = job.current_groups.get(None)
+        if current is not None:  # its late messages never count, whatever the clocks say
+            job.replaced_groups.setdefault(None, set()).add(current[0])
+        direct.process = start_warm_runner(job.spec.scaling.cpus_per_worker)
+        self.pool.hold_off()
+        job.result = direct.process.run.remote(direct.config, job.runner)
+        job.undelivered.append(
+            Log(
+                f"[dispatcher {self.dispatcher_id}] its process failed ({_root_cause(exc)}); "
+                f"restart {direct.restarts} of {job.spec.scaling.max_failures} "
+                f"from {resume or 'the start'}"
+            )
+        )
+        return True
+
+    def _failed(self, job: ActiveJob, exc: Exception) -> None:
+        if job.direct is None and not isinstance(exc, RayTaskError):  # lost with its node
             self._interrupt(job, f"its runner was lost: {_root_cause(exc)}")
             return
-        else:
+        if job.direct is not None and not is_running_on_ray(job.job_id):
+            self._interrupt(job, "its runner name was lost with the head node or taken over")
+            return
+        # The run itself failed on Ray: keep the cause for the user.
+        with suppress(RelayLost):  # the failure is the run's, whatever became of its relay
             self._relay_everything(job)
-            if job.fatal_error is not None:
-                self.queue.fail(job.lease, job.fatal_error, None, retryable=False)
-                self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
-            else:
-                workers = [_worker_summary(worker) for worker in job.workers.values()]
-                self.queue.complete(
-                    job.lease, {**result, "nodes": job.node_ids, "workers": workers}
-                )
+        trace = _without_colours("".join(traceback.format_exception(exc)))
+        self.queue.fail(job.lease, _root_cause(exc), trace, retryable=not job.fails_for_good)
+        # A killed worker (its Ray actor died) closed no tracker.
+        self._end_tracker_runs(job.job_id, job.spec, job.lease.claim, RunOutcome.FAILED)
         self._forget(job)
 
     def _drop(self, job: ActiveJob, reason: str) -> None:
@@ -712,6 +851,8 @@ class Dispatcher:
             return
         log.warning("job %s: %s; killing our copy of the run", lease.job_id, reason)
         ray.kill(job.runner, no_restart=True)
+        if job.direct is not None:
+            ray.kill(job.direct.process, no_restart=True)
         for controller in list(job.controllers.values()):
             controller.abort.remote()
 
@@ -770,7 +911,8 @@ class Dispatcher:
         # The runner too, though its run is over: Ray ends it when its last handle goes, and
         # after a Redis restart one outlived its finished job, holding its name, for over a
         # minute. An actor Ray cannot reach any more is gone with its node.
-        for actor in (job.runner, job.relay):
+        actors = [job.runner, job.relay] + ([job.direct.process] if job.direct else [])
+        for actor in actors:
             with suppress(Exception):
                 ray.kill(actor, no_restart=True)
 
@@ -785,6 +927,7 @@ class Dispatcher:
             "demand": self.autoscaler_demand.published(),
             "max_cluster": self.settings.max_cluster.as_text(),
             "redis_full_since": self.redis_full_since,
+            "warm_cpus": self.pool.idle_cpus,
         }
         self.store.put_dispatcher_status(
             self.dispatcher_id, status, ttl_seconds=DISPATCHER_STATUS_TTL_SECONDS

@@ -19,13 +19,21 @@ from typing import Any
 import ray
 
 from cluster.ray_runtime import NAMESPACE, on_the_head
-from cluster.train_run import claim_trainer, run_folder
-from jobs.messages import Fatal
-from jobs.spec import JobSpec, SpecError, missing_tracker_packages
+from cluster.run_name import RunName
+from cluster.train_run import claim_trainer, run_folder, run_loop_config
+from cluster.train_worker import lacks_tracker_packages
+from jobs.spec import JobSpec
 
 
 def runner_name(job_id: str) -> str:
     return f"genfleet-job-{job_id}"
+
+
+def hold_run_name(job_id: str) -> Any:
+    """The job's runner name, for a run a warm runner trains; ValueError while it is taken."""
+    return RunName.options(
+        name=runner_name(job_id), namespace=NAMESPACE, scheduling_strategy=on_the_head()
+    ).remote()
 
 
 def is_running_on_ray(job_id: str) -> bool:
@@ -49,27 +57,18 @@ class JobRunner:
         storage: str,
         data_dir: str,
         recorded: dict[str | None, list[str]],
+        direct_trials: bool,
     ) -> dict[str, Any]:
         """`recorded`: the job's recorded checkpoints by trial (None: the job's), newest
-        first."""
+        first; `direct_trials`: a sweep's trials train in their trial actors, not Ray Train."""
         spec = JobSpec.model_validate(spec_json)
-        missing = missing_tracker_packages(spec.logging)
-        if missing:
-            # The client checked where the spec was submitted; this cluster may still lack the
-            # extra, and every retry would too: a fatal report fails the job without one.
-            ray.get(relay.put.remote(Fatal(str(SpecError(missing)))))
+        if lacks_tracker_packages(spec, relay):
             return {}
-        loop_config = {
-            "relay": relay,
-            "data_dir": data_dir,
-            "job_id": job_id,  # the job and its attempt tag its MLflow runs
-            "attempt": attempt,
-            "trial": None,
-        }
+        loop_config = run_loop_config(job_id, attempt, relay, data_dir)
         if spec.kind == "sweep":
             from cluster.sweep import run_sweep  # Tune is only imported for sweeps
 
-            return run_sweep(job_id, spec, loop_config, storage, recorded)
+            return run_sweep(job_id, spec, loop_config, storage, recorded, direct_trials)
         run_dir = run_folder(storage, job_id)
         # None: the dispatcher prunes (cluster/checkpoint_pruning.py).
         result = claim_trainer(spec, loop_config, run_dir, recorded.get(None, []), None).fit()
@@ -95,18 +94,21 @@ def start_runner(
     storage: str,
     data_dir: str,
     recorded: dict[str | None, list[str]],
+    direct_trials: bool,
 ) -> tuple[Any, ray.ObjectRef]:
     """Start the job's runner; ValueError when a runner of the job still exists.
 
     `attempt` is the claim number, which tags the run's MLflow runs and names its checkpoint
     folder: it grows with every claim. `recorded`: the job's recorded checkpoints by trial,
-    newest first.
+    newest first. `direct_trials`: as `JobRunner.run`'s.
     """
     runner = JobRunner.options(
         name=runner_name(job_id), namespace=NAMESPACE, scheduling_strategy=on_the_head()
     ).remote()
     spec_json = spec.model_dump(mode="json")
-    result = runner.run.remote(job_id, attempt, spec_json, relay, storage, data_dir, recorded)
+    result = runner.run.remote(
+        job_id, attempt, spec_json, relay, storage, data_dir, recorded, direct_trials
+    )
     return runner, result
 
 

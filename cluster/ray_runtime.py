@@ -85,6 +85,13 @@ def available_resources() -> dict[str, float]:
     return {"cpus": available.get("CPU", 0.0), "gpus": available.get("GPU", 0.0)}
 
 
+def placement_groups_waiting() -> bool:
+    """Whether a placement group waits for resources: a Train run's workers or a Tune trial,
+    of any dispatcher, that an idle warm runner may be keeping out."""
+    groups = ray.util.placement_group_table().values()
+    return any(group.get("state") in ("PENDING", "RESCHEDULING") for group in groups)
+
+
 def remove_placement_groups(group_ids: Iterable[str]) -> None:
     """Free what a run we killed had reserved (removing one already gone does nothing).
 

@@ -1,10 +1,14 @@
-"""Sweeps: a Ray Tune experiment whose trials are Ray Train runs (Ray 2.60, Train V2).
+"""Sweeps: a Ray Tune experiment whose trials are Ray Train runs (Ray 2.60, Train V2), or,
+for one CPU worker per trial, direct runs in their trial actors.
 
-Each trial is a function trainable that launches its own TorchTrainer (which may use several
-workers); `TuneReportCallback` forwards the Train workers' reports to Tune, so ASHA sees every
-epoch's metric. A sweep restarted under the same job id (its dispatcher died and another one
-claimed it) resumes with `Tuner.restore`: finished trials stay finished, and each unfinished
-trial's TorchTrainer, named `<job id>-<trial id>`, resumes from its last checkpoint.
+Each trial is a function trainable. A multi-worker or GPU trial launches its own TorchTrainer;
+`TuneReportCallback` forwards the Train workers' reports to Tune, so ASHA sees every epoch's
+metric. A one-worker CPU trial trains in its trial actor itself (cluster/train_worker.py's
+`train_directly`), reporting each epoch with `tune.report`; Tune hands the actor the next
+trial (`reuse_actors`), so no trial pays a process's start-up. A sweep restarted under the
+same job id (its dispatcher died and another one claimed it) resumes with `Tuner.restore`:
+finished trials stay finished, and each unfinished trial resumes from its last checkpoint in
+`<job id>-<trial id>`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from cluster.checkpoint_pruning import KEPT_CHECKPOINTS
 from cluster.ray_runtime import placement_group_id
-from cluster.train_run import claim_trainer
+from cluster.train_run import claim_trainer, direct_run_config, newest_in_claim
+from cluster.train_worker import train_directly
 from jobs.failures import NotRetryable
 from jobs.messages import Log, PlacementGroup, TrialUpdate, Unrecoverable
 from jobs.records import TrialStatus
@@ -64,9 +69,11 @@ def run_sweep(
     loop_config: dict[str, Any],
     storage: str,
     recorded: dict[str | None, list[str]],
+    direct: bool,
 ) -> dict[str, Any]:
     """Run the sweep's Tune experiment, or resume it; `recorded`: each trial's recorded
-    checkpoints, newest first, from which a trial Tune runs again starts."""
+    checkpoints, newest first, from which a trial Tune runs again starts. `direct`: each trial
+    trains in its trial actor (cluster/warm_runner.py's `runs_directly`), not in Ray Train."""
     sweep = spec.sweep
     assert sweep is not None
     relay = loop_config["relay"]
@@ -80,18 +87,34 @@ def run_sweep(
         except NotRetryable as exc:  # a sampled value the spec refuses: every retry samples it
             ray.get(relay.put.remote(Unrecoverable(f"{type(exc).__name__}: {exc}", trial_id)))
             raise
+        trial_config = {**loop_config, "trial": trial_id}
+        run_dir = f"{storage.rstrip('/')}/{job_id}-{trial_id}"
+        if direct:  # in this trial actor, which Tune hands the next trial (`reuse_actors`)
+            config = direct_run_config(
+                trial_spec, trial_config, run_dir, recorded.get(trial_id, [])
+            )
+            # Tune runs a failed trial again (its FailureConfig): from what it wrote before.
+            written = newest_in_claim(config["checkpoint_root"])
+            config["resume_from"] = written or config["resume_from"]
+            train_directly(config, report=tune.report, keep_checkpoints=KEPT_CHECKPOINTS)
+            return
         trainer = claim_trainer(
             trial_spec,
-            {**loop_config, "trial": trial_id},
-            f"{storage.rstrip('/')}/{job_id}-{trial_id}",
+            trial_config,
+            run_dir,
             recorded.get(trial_id, []),
             KEPT_CHECKPOINTS,
             [TuneReportCallback()],
         )
         trainer.fit()
 
-    # Tune refuses an empty request, so the driver asks for a little memory (see above).
-    trainable = tune.with_resources(trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY_BYTES})
+    # A direct trial trains in its trial actor, which holds the worker's resources. Else the
+    # actor only drives a TorchTrainer; Tune refuses an empty request, so it asks for a little
+    # memory (see above).
+    resources = {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY_BYTES}
+    if direct:
+        resources["cpu"] = spec.scaling.cpus_per_worker
+    trainable = tune.with_resources(trial, resources)
     experiment = str(Path(storage) / job_id) if "://" not in storage else f"{storage}/{job_id}"
     if tune.Tuner.can_restore(experiment):
         relay.put.remote(Log(f"resuming the sweep in {experiment}"))
@@ -99,10 +122,19 @@ def run_sweep(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        tuner = _new_tuner(job_id, spec, trainable, storage)
-    results = tuner.fit()
+        tuner = _new_tuner(job_id, spec, trainable, storage, direct)
+    summary = _summary(tuner.fit(), spec)
+    # Waited for: `TrialRelay`'s messages from this process then are in the relay too (one
+    # caller's actor calls run in order), before the dispatcher drains it for the last time.
+    ray.get(relay.put.remote(Log(_finished_line(summary))))
+    return summary
+
+
+def _summary(results: Any, spec: JobSpec) -> dict[str, Any]:
+    sweep = spec.sweep
+    assert sweep is not None
     best = _best_result(results, sweep.metric, sweep.mode)
-    summary = {
+    return {
         "best_trial": (best.metrics or {}).get("trial_id"),
         "best_config": _plain(best.config),
         "best_metric": (best.metrics or {}).get(sweep.metric),
@@ -113,15 +145,16 @@ def run_sweep(
         "trials": len(results),
         "errors": len(results.errors),
     }
+
+
+def _finished_line(summary: dict[str, Any]) -> str:
     line = (
         f"sweep finished: {summary['trials']} trials, {summary['errors']} failed; best "
-        f"{summary['best_trial']} with {sweep.metric} {summary['best_metric']}"
-        + (f", {sweep.test_metric} {summary['best_test_metric']}" if sweep.test_metric else "")
+        f"{summary['best_trial']} with {summary['metric']} {summary['best_metric']}"
     )
-    # Waited for: `TrialRelay`'s messages from this process then are in the relay too (one
-    # caller's actor calls run in order), before the dispatcher drains it for the last time.
-    ray.get(relay.put.remote(Log(line)))
-    return summary
+    if summary["test_metric"]:
+        line += f", {summary['test_metric']} {summary['best_test_metric']}"
+    return line
 
 
 def _best_result(results: Any, metric: str, mode: str) -> Any:
@@ -151,7 +184,9 @@ def _best_result(results: Any, metric: str, mode: str) -> Any:
     )
 
 
-def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune.Tuner:
+def _new_tuner(
+    job_id: str, spec: JobSpec, trainable: Any, storage: str, direct: bool
+) -> tune.Tuner:
     sweep = spec.sweep
     assert sweep is not None
     return tune.Tuner(
@@ -166,9 +201,18 @@ def _new_tuner(job_id: str, spec: JobSpec, trainable: Any, storage: str) -> tune
             # at once. Each search algorithm carries the limit itself.
             search_alg=_search_algorithm(spec),
             scheduler=_scheduler(spec),
+            # A direct trial's actor has imported torch and the trainers: the next trial needs
+            # no new process (issue 14: the demo sweep's trials each paid a start-up).
+            reuse_actors=direct,
         ),
         run_config=tune.RunConfig(
-            name=job_id, storage_path=storage, callbacks=[TrialRelay(job_id, spec)]
+            name=job_id,
+            storage_path=storage,
+            callbacks=[TrialRelay(job_id, spec)],
+            # A direct trial has no Ray Train to restart it: Tune does, as often.
+            failure_config=tune.FailureConfig(
+                max_failures=spec.scaling.max_failures if direct else 0
+            ),
         ),
     )
 

@@ -5,6 +5,7 @@ own, starting from the newest checkpoint the store recorded that is still whole.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -14,7 +15,7 @@ from ray.train.torch import TorchTrainer
 from cluster.train_worker import train_loop_per_worker
 from jobs.run_storage import located
 from jobs.spec import JobSpec
-from trainers.checkpoint import STATE_FILE
+from trainers.checkpoint import FOLDER_PREFIX, STATE_FILE, checkpoint_folder
 
 # Ray Train's controller collects a worker's report only every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
 # (2 s by default), and the worker's next report waits until the last one is collected, so
@@ -81,6 +82,17 @@ def run_folder(storage: str, job_id: str) -> str:
     return f"{storage.rstrip('/')}/{job_id}"
 
 
+def run_loop_config(job_id: str, attempt: int, relay: Any, data_dir: str) -> dict[str, Any]:
+    """What every run of the job's claim `attempt` hands the training loop on Ray."""
+    return {
+        "relay": relay,
+        "data_dir": data_dir,
+        "job_id": job_id,  # the job and its attempt tag its MLflow runs
+        "attempt": attempt,
+        "trial": None,
+    }
+
+
 def claim_trainer(
     spec: JobSpec,
     loop_config: dict[str, Any],
@@ -100,10 +112,47 @@ def claim_trainer(
         {**loop_config, "resume_from": newest_whole_checkpoint(recorded)},
         run_dir=run_dir,
         storage_path=run_dir,
-        run_name=f"{CLAIM_PREFIX}{loop_config['attempt']}",
+        run_name=claim_folder_name(loop_config["attempt"]),
         keep_checkpoints=keep_checkpoints,
         callbacks=callbacks,
     )
+
+
+def claim_folder_name(claim: int) -> str:
+    return f"{CLAIM_PREFIX}{claim}"
+
+
+def direct_run_config(
+    spec: JobSpec, loop_config: dict[str, Any], run_dir: str, recorded: list[str]
+) -> dict[str, Any]:
+    """What `train_directly` needs for one claim of a one-worker job: the folders and the
+    checkpoint to start from that `claim_trainer` gives a Train run."""
+    return {
+        **loop_config,
+        "spec": spec.model_dump(mode="json"),
+        "run_dir": run_dir,
+        "checkpoint_root": f"{run_dir.rstrip('/')}/{claim_folder_name(loop_config['attempt'])}",
+        "resume_from": newest_whole_checkpoint(recorded),
+    }
+
+
+def newest_in_claim(checkpoint_root: str) -> str | None:
+    """The newest whole checkpoint a direct run of this claim wrote: where its restart resumes,
+    as Ray Train resumes a restarted worker group from the newest one it persisted."""
+    filesystem, root = located(checkpoint_root)
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    epochs = sorted(
+        (
+            int(info.base_name.removeprefix(FOLDER_PREFIX))
+            for info in found
+            if info.type == pyarrow.fs.FileType.Directory
+            and info.base_name.removeprefix(FOLDER_PREFIX).isdigit()
+        ),
+        reverse=True,
+    )
+    root_uri = checkpoint_root.rstrip("/")
+    folders = [checkpoint_folder(Path(), epoch).name for epoch in epochs]
+    return newest_whole_checkpoint([f"{root_uri}/{folder}" for folder in folders])
 
 
 def newest_whole_checkpoint(recorded: list[str]) -> str | None:

@@ -1,11 +1,13 @@
-"""The Ray Train worker function: the one training loop (trainers/loop.py) inside a Train worker.
+"""The one training loop (trainers/loop.py) on Ray: in a Ray Train worker, or directly in one
+pre-started process for a one-worker run (cluster/warm_runner.py).
 
-`trainers/` is pure PyTorch; this is where it meets `ray.train`. Metrics go to
+`trainers/` is pure PyTorch; this is where it meets Ray. In a Train worker, metrics go to
 `ray.train.report` (with the epoch's checkpoint attached, so Ray Train persists it to storage
-and restores it after a worker failure) and, from rank 0, to the dispatcher's relay actor,
-together with sample grids, log lines and where each checkpoint lies; a new claim of the job
-starts from the checkpoint in the loop config's `resume_from`. The relay, the job id, its
-attempt number and the trial id come in the loop config. The spec's trackers
+and restores it after a worker failure); run directly, the checkpoint is copied to the same
+folder of storage under the same name. Either way, metrics go from rank 0 to the dispatcher's
+relay actor, together with sample grids, log lines and where each checkpoint lies; a new claim
+of the job starts from the checkpoint in the loop config's `resume_from`. The relay, the job
+id, its attempt number and the trial id come in the loop config. The spec's trackers
 (trainers/trackers.py) write from rank 0: TensorBoard event files to `<run_dir>/tensorboard`,
 where each sweep trial has a run_dir of its own.
 """
@@ -15,13 +17,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from torch import nn
 
 from cluster.ray_runtime import placement_group_id, train_controller
@@ -38,23 +43,39 @@ from jobs.messages import (
     Unrecoverable,
     Worker,
 )
-from jobs.spec import JobSpec
+from jobs.run_storage import located
+from jobs.spec import JobSpec, SpecError, missing_tracker_packages
+from trainers.checkpoint import STATE_FILE
 from trainers.generative_model import GenerativeModel
 from trainers.loop import NonFiniteLossError, RunContext, train_job
 from trainers.trackers import TrackedRun, TrackingReporter, build_trackers
 
+LOCAL = pyarrow.fs.LocalFileSystem()
+
+# Report an epoch's metrics with its checkpoint folder (None: none this epoch) on every rank;
+# the URI the checkpoint now lies at in storage, or None.
+Persist = Callable[[dict[str, Any], Path | None], str | None]
+
 
 class RayReporter:
-    """Reports each epoch to Ray Train from every rank; relays the rest from rank 0."""
+    """Persists each epoch's checkpoint from every rank; relays the rest from rank 0."""
 
     def __init__(
-        self, relay: Any, trial: str | None, group: str | None, checkpoint_root: str, is_main: bool
+        self,
+        relay: Any,
+        trial: str | None,
+        group: str | None,
+        persist: Persist,
+        is_main: bool,
+        report: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.relay = relay
         self.trial = trial
         self.group = group  # this worker group's placement group, on every message it sends
-        self.checkpoint_root = checkpoint_root  # where Ray Train persists this run's checkpoints
+        self.persist = persist
         self.is_main = is_main
+        self.report = report  # a direct trial's `tune.report`, last of an epoch's reports
+        self.last_checkpoint: str | None = None  # the URI of the newest one persisted
         self._pending_checkpoint: Path | None = None
         self._last_sent: ray.ObjectRef | None = None
 
@@ -92,14 +113,15 @@ class RayReporter:
         pending, self._pending_checkpoint = self._pending_checkpoint, None
         if self.is_main:
             self._send(Metrics(metrics, self.trial, self.group))
-        if pending is None:
-            ray.train.report(metrics)  # every rank: it is a barrier
-            return
-        checkpoint = ray.train.Checkpoint.from_directory(str(pending))
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=pending.name)
-        if self.is_main:
-            persisted = f"{self.checkpoint_root}/{pending.name}"
+        persisted = self.persist(metrics, pending)
+        if persisted is not None and self.is_main:
+            self.last_checkpoint = persisted
             self._send(Checkpoint(metrics["epoch"], persisted, self.trial, self.group))
+        if self.report is not None:
+            # Tune ends a trial it stops (ASHA) inside its report, with SystemExit: what this
+            # epoch sent is in the relay by then.
+            self.flush()
+            self.report(metrics)
 
     def image(self, name: str, epoch: int, png: bytes) -> None:
         self._send(Image(name, epoch, png, self.trial, self.group))
@@ -147,29 +169,147 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             wrap_model=_ddp_wrapper(world_size),
             resume_from=resume_from,
         )
-        reporter = RayReporter(relay, trial, group, config["checkpoint_root"], is_main=rank == 0)
-        run = TrackedRun(
-            f"{config['run_dir']}/tensorboard", config["job_id"], trial, config["attempt"]
+        persist = report_to_ray_train(config["checkpoint_root"])
+        reporter = RayReporter(relay, trial, group, persist, is_main=rank == 0)
+        _train_telling_failures(config, spec, reporter, run_context)
+
+
+def train_directly(
+    config: dict[str, Any],
+    report: Callable[[dict[str, Any]], None] | None = None,
+    keep_checkpoints: int | None = None,
+) -> dict[str, Any]:
+    """Run a one-worker job or sweep trial in this process, with no Ray Train worker group;
+    the result as cluster/job_runner.py's for a Train run. `report` also gets each epoch's
+    metrics, after its checkpoint is in storage: a trial's `tune.report`. The newest
+    `keep_checkpoints` checkpoints are kept, as Ray Train keeps a trial's (None: all, for the
+    dispatcher to prune).
+
+    This process stands for the worker group: its actor id is the group every message names,
+    so that a run restarted in another process is told apart from this one.
+    """
+    spec = JobSpec.model_validate(config["spec"])
+    relay, trial = config["relay"], config["trial"]
+    if lacks_tracker_packages(spec, relay):
+        return {}
+    runtime = ray.get_runtime_context()
+    group = runtime.get_actor_id()
+    worker = Worker(0, os.getpid(), runtime.get_node_id(), None, trial, time.time(), group)
+    relay.put.remote(worker)
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="genfleet-ckpt-")))
+        resume_from = None
+        if config["resume_from"] is not None:
+            resume_from = _downloaded(config["resume_from"], scratch / "resumed")
+        run_context = RunContext(
+            data_dir=Path(config["data_dir"]),
+            checkpoint_dir=scratch / "written",
+            device=torch.device("cpu"),
+            resume_from=resume_from,
         )
-        trackers = build_trackers(spec, run, reporter.log, is_main=rank == 0)
-        try:
-            # Inside the try: a diverged run, caught below, closes its trackers as failed.
-            with TrackingReporter(reporter, trackers) as tracked:
-                train_job(spec, tracked, run_context)
-        except NonFiniteLossError as exc:
-            # Every rank raises it together. Ray Train would restart the run from its last
-            # checkpoint max_failures times and diverge the same way each time, so end the run
-            # here and tell the dispatcher, which fails the job without retrying.
-            if rank == 0:
-                reporter.fatal(f"NonFiniteLossError: {exc}")
-        except NotRetryable as exc:
-            # This rank may be alone with it (a file its node cannot read), and the others must
-            # not wait for it in a collective: the group fails as on any error. Told first, the
-            # dispatcher fails the job without a retry if Ray Train's restarts fail too.
-            reporter.unrecoverable(f"{type(exc).__name__}: {exc}")
-            reporter.flush()
-            raise
+        persist = copy_to_storage(config["checkpoint_root"], keep_checkpoints)
+        reporter = RayReporter(relay, trial, group, persist, is_main=True, report=report)
+        metrics = _train_telling_failures(config, spec, reporter, run_context)
+    return {
+        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float | str)},
+        # A restart after the last epoch's checkpoint trains nothing: that one is the result.
+        "checkpoint": reporter.last_checkpoint or config["resume_from"],
+        "storage": config["checkpoint_root"],
+    }
+
+
+def lacks_tracker_packages(spec: JobSpec, relay: Any) -> bool:
+    """Whether the spec's trackers need a package this cluster lacks; if so the run stops
+    before it starts, with a fatal report.
+
+    The client checked where the spec was submitted; this cluster may still lack the extra,
+    and every retry would too: a fatal report fails the job without one.
+    """
+    missing = missing_tracker_packages(spec.logging)
+    if missing:
+        ray.get(relay.put.remote(Fatal(str(SpecError(missing)))))
+    return bool(missing)
+
+
+def report_to_ray_train(checkpoint_root: str) -> Persist:
+    """Every rank reports (it is a barrier); Ray Train persists the checkpoint under
+    `checkpoint_root` and restores it after a worker failure."""
+
+    def persist(metrics: dict[str, Any], folder: Path | None) -> str | None:
+        if folder is None:
+            ray.train.report(metrics)
+            return None
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder.name)
+        return f"{checkpoint_root}/{folder.name}"
+
+    return persist
+
+
+def copy_to_storage(checkpoint_root: str, keep: int | None = None) -> Persist:
+    """The checkpoint copied to `checkpoint_root/<its folder's name>`, its state file last and
+    whole (written aside, then moved), so a folder with one is a checkpoint to resume from;
+    the oldest beyond the newest `keep` deleted."""
+    filesystem, root = located(checkpoint_root)
+    written: list[str] = []
+
+    def persist(metrics: dict[str, Any], folder: Path | None) -> str | None:
+        del metrics  # the relay has them
+        return None if folder is None else copied(folder)
+
+    def copied(folder: Path) -> str:
+        target = f"{root}/{folder.name}"
+        filesystem.create_dir(target, recursive=True)
+        for path in sorted(folder.iterdir(), key=lambda path: path.name == STATE_FILE):
+            partial = f"{target}/{path.name}.partial"
+            pyarrow.fs.copy_files(str(path), partial, destination_filesystem=filesystem)
+            filesystem.move(partial, f"{target}/{path.name}")
+        written.append(target)
+        while keep is not None and len(written) > keep:
+            filesystem.delete_dir(written.pop(0))
+        return f"{checkpoint_root.rstrip('/')}/{folder.name}"
+
+    return persist
+
+
+def _downloaded(uri: str, folder: Path) -> Path:
+    filesystem, path = located(uri)
+    folder.mkdir(parents=True)
+    pyarrow.fs.copy_files(
+        path, str(folder), source_filesystem=filesystem, destination_filesystem=LOCAL
+    )
+    return folder
+
+
+def _train_telling_failures(
+    config: dict[str, Any], spec: JobSpec, reporter: RayReporter, context: RunContext
+) -> dict[str, Any] | None:
+    """Train with the spec's trackers (from rank 0), telling the dispatcher of a failure a retry
+    would repeat before it ends the run; the last epoch's metrics, None if the loss diverged."""
+    run = TrackedRun(
+        f"{config['run_dir']}/tensorboard", config["job_id"], config["trial"], config["attempt"]
+    )
+    trackers = build_trackers(spec, run, reporter.log, is_main=context.is_main)
+    metrics = None
+    try:
+        # Inside the try: a diverged run, caught below, closes its trackers as failed.
+        with TrackingReporter(reporter, trackers) as tracked:
+            metrics = train_job(spec, tracked, context)
+    except NonFiniteLossError as exc:
+        # Every rank raises it together. Ray Train would restart the run from its last
+        # checkpoint max_failures times and diverge the same way each time, so end the run
+        # here and tell the dispatcher, which fails the job without retrying.
+        if context.is_main:
+            reporter.fatal(f"NonFiniteLossError: {exc}")
+    except NotRetryable as exc:
+        # This rank may be alone with it (a file its node cannot read), and the others must
+        # not wait for it in a collective: the group fails as on any error. Told first, the
+        # dispatcher fails the job without a retry if Ray Train's restarts fail too.
+        reporter.unrecoverable(f"{type(exc).__name__}: {exc}")
         reporter.flush()
+        raise
+    reporter.flush()
+    return metrics
 
 
 def _ddp_wrapper(world_size: int) -> Any:

@@ -104,6 +104,14 @@ class Worker:
     placement_group: str | None
     trial: str | None = None
     started_at: float = 0.0  # wall clock: the newest group of a trial is the one started last
+    # A run trained directly by one process (cluster/warm_runner.py, or a sweep's trial actor)
+    # has no placement group; its actor's id names its group instead.
+    actor: str | None = None
+
+    @property
+    def group(self) -> str | None:
+        """What every other message of these workers names as their `group`."""
+        return self.placement_group or self.actor
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,17 @@ ENVIRONMENT = {
     "cpus=64,gpus=8,node_cpus=16,node_gpus=2: a job beyond it fails, the others wait for nodes",
     "GENFLEET_REDIS_MAXMEMORY": "memory cap of the embedded Redis (1gb); full, it refuses writes",
     "GENFLEET_RETENTION_DAYS": "delete finished jobs older than this many days (unset: keep forever)",
+    "GENFLEET_WARM_RUNNERS": "idle pre-started runners a dispatcher keeps for one-worker CPU "
+    "jobs (1; 0: none)",
+    "GENFLEET_DIRECT_RUNS": "1: one-worker CPU runs and sweep trials train in one process; "
+    "0: in a Ray Train worker group, as multi-worker runs do (1 for `genfleet up`, else 0)",
 }
 # Redis's own memory notation (redis.conf): k, m, g are powers of 1000, kb, mb, gb of 1024.
 REDIS_MEMORY = re.compile(r"(\d+)(b|k|kb|m|mb|g|gb)?")
 DEFAULT_REDIS_MAXMEMORY = "1gb"
 DEFAULT_DASHBOARD_PORT = 8501
+DEFAULT_WARM_RUNNERS = 1
+MAX_WARM_RUNNERS = 64
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's Redis.from_url accepts
 RAY_ADDRESS_WORDS = ("auto", "local")  # ray.init's: the cluster started on this machine, a new one
 HOST = re.compile(r"[A-Za-z0-9_.:\-\[\]]+")  # a name, an IPv4 address or a bracketed IPv6 one
@@ -100,9 +106,14 @@ class Settings:
     max_cluster: MaxCluster = MaxCluster()
     redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
     retention_days: float | None = None
+    warm_runners: int = DEFAULT_WARM_RUNNERS
+    direct_runs: bool = False
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, direct_runs: bool = False) -> Settings:
+        """`direct_runs`: GENFLEET_DIRECT_RUNS's default, on for the one-machine stack of
+        `genfleet up`; a cluster's dispatchers keep Ray Train for one-worker runs unless told,
+        until the multi-host fault scenarios (tests/cluster) pass with direct runs."""
         env = os.environ
         home = Path(env.get("GENFLEET_HOME", Path.home() / ".genfleet")).expanduser()
         return cls(
@@ -118,6 +129,8 @@ class Settings:
             max_cluster=MaxCluster.parse(env.get("GENFLEET_MAX_CLUSTER", "")),
             redis_maxmemory=_redis_maxmemory(env.get("GENFLEET_REDIS_MAXMEMORY", "")),
             retention_days=_retention_days(env.get("GENFLEET_RETENTION_DAYS", "")),
+            warm_runners=_warm_runners(env.get("GENFLEET_WARM_RUNNERS", "")),
+            direct_runs=_direct_runs(env.get("GENFLEET_DIRECT_RUNS", ""), direct_runs),
         )
 
 
@@ -230,3 +243,21 @@ def _retention_days(text: str) -> float | None:
     if not math.isfinite(days) or days <= 0:
         raise LimitError(f"GENFLEET_RETENTION_DAYS: must be a number of days > 0, got {text!r}")
     return days
+
+
+def _warm_runners(text: str) -> int:
+    if not text:
+        return DEFAULT_WARM_RUNNERS
+    count = int(text) if text.strip().isdecimal() else -1
+    if not 0 <= count <= MAX_WARM_RUNNERS:
+        raise LimitError(
+            f"GENFLEET_WARM_RUNNERS: must be a whole number from 0 to {MAX_WARM_RUNNERS}, "
+            f"got {text!r}"
+        )
+    return count
+
+
+def _direct_runs(text: str, default: bool) -> bool:
+    if text.strip() not in ("", "0", "1"):
+        raise LimitError(f"GENFLEET_DIRECT_RUNS: must be 1 or 0, got {text!r}")
+    return default if not text.strip() else text.strip() == "1"

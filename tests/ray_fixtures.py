@@ -90,6 +90,7 @@ def stack_settings(tmp_path: Path, redis_url: str, prefix: str) -> Settings:
         dashboard_address="127.0.0.1",
         dashboard_port=0,
         dashboard_password=None,
+        direct_runs=True,  # as `genfleet up` runs them; tests/cluster covers the default off
     )
 
 

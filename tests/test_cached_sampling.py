@@ -1,15 +1,22 @@
 """The cached sampler draws exactly the naive sampler's images, from the same seed, for both
-PixelCNNs and both PixelRNNs; its building blocks agree with the full-image
+PixelCNNs, PixelCNN++ and both PixelRNNs; its building blocks agree with the full-image
 convolutions they replace."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.model_params import GatedPixelCNNParams, PixelCNNParams, PixelRNNParams
+from jobs.model_params import (
+    GatedPixelCNNParams,
+    PixelCNNParams,
+    PixelCNNPPParams,
+    PixelRNNParams,
+)
 from trainers import cached_sampling
 from trainers.cached_sampling import (
     FeatureCache,
@@ -19,8 +26,10 @@ from trainers.cached_sampling import (
 )
 from trainers.generative_model import ImageShape, to_unit_range
 from trainers.layers.masked_conv import MaskedConv2d
+from trainers.layers.shifted_conv import ShiftedConv2d
 from trainers.models.gated_pixelcnn import GatedPixelCNN
 from trainers.models.pixelcnn import PixelCNN
+from trainers.models.pixelcnn_pp import PixelCNNPP, resolution_sizes
 from trainers.models.pixelrnn_diag import DiagonalPixelRNN
 from trainers.models.pixelrnn_row import PixelRNN, RowPixelRNN
 from trainers.sampling import naive_sample
@@ -53,13 +62,22 @@ def diagonal(shape: ImageShape) -> DiagonalPixelRNN:
     return DiagonalPixelRNN(PIXELRNN, shape, NUM_CLASSES)
 
 
+def pixelcnn_pp(shape: ImageShape, **params: object) -> PixelCNNPP:
+    """Dropout on, so that a sampler left in training mode would show."""
+    settings = {"nr_filters": 6, "nr_logistic_mix": 3, "dropout": 0.5, **params}
+    return PixelCNNPP(PixelCNNPPParams(**settings), shape, NUM_CLASSES)
+
+
 GREY = ImageShape(channels=1, height=7, width=6, levels=17)
 COLOUR = ImageShape(channels=3, height=5, width=4, levels=256)
 BINARY = ImageShape(channels=1, height=6, width=6, levels=2)
 WIDE = ImageShape(channels=3, height=3, width=7, levels=256)
 ONE_ROW = ImageShape(channels=1, height=1, width=5, levels=17)
 ONE_COLUMN = ImageShape(channels=3, height=5, width=1, levels=256)
-MODELS = {
+THREE_RESOLUTIONS = ImageShape(channels=3, height=8, width=8, levels=256)  # 8 -> 4 -> 2
+TWO_RESOLUTIONS = ImageShape(channels=1, height=6, width=6, levels=17)  # 6 -> 3
+ODD = ImageShape(channels=3, height=5, width=7, levels=256)  # cannot be halved
+SOFTMAX_MODELS = {
     "pixelcnn-grey": lambda: pixelcnn(GREY),
     "pixelcnn-colour": lambda: pixelcnn(COLOUR),
     "pixelcnn-binary": lambda: pixelcnn(BINARY),
@@ -74,6 +92,14 @@ MODELS = {
     "pixelrnn-diag-colour": lambda: diagonal(COLOUR),
     "pixelrnn-diag-binary": lambda: diagonal(BINARY),
 }
+MIXTURE_MODELS = {
+    "pixelcnn-pp-colour": lambda: pixelcnn_pp(THREE_RESOLUTIONS),
+    "pixelcnn-pp-conditional-grey": lambda: pixelcnn_pp(
+        TWO_RESOLUTIONS, nr_resnet=2, conditional=True, weight_norm=True
+    ),
+    "pixelcnn-pp-odd-colour": lambda: pixelcnn_pp(ODD, nr_resnet=2),
+}
+MODELS = {**SOFTMAX_MODELS, **MIXTURE_MODELS}
 
 
 def build(case: str) -> IncrementalModel:
@@ -93,7 +119,13 @@ def test_cached_sampler_draws_the_naive_samplers_images_bit_for_bit(case: str):
 
 @pytest.mark.parametrize(
     "case",
-    ["pixelcnn-colour", "gated-conditional-colour", "pixelrnn-row-colour", "pixelrnn-diag-colour"],
+    [
+        "pixelcnn-colour",
+        "gated-conditional-colour",
+        "pixelrnn-row-colour",
+        "pixelrnn-diag-colour",
+        "pixelcnn-pp-colour",
+    ],
 )
 def test_sample_is_the_cached_sampler_and_leaves_training_mode_alone(
     case: str, monkeypatch: pytest.MonkeyPatch
@@ -122,7 +154,7 @@ def full_logits(model: IncrementalModel, images: torch.Tensor, labels: torch.Ten
 
 
 LOGIT_CASES = {
-    **MODELS,
+    **SOFTMAX_MODELS,
     "pixelrnn-row-wide-3-layers": lambda: RowPixelRNN(THREE_LAYERS, WIDE, NUM_CLASSES),
     "pixelrnn-diag-wide-3-layers": lambda: DiagonalPixelRNN(THREE_LAYERS, WIDE, NUM_CLASSES),
     "pixelrnn-row-one-row": lambda: RowPixelRNN(ONE_LAYER, ONE_ROW, NUM_CLASSES),
@@ -131,15 +163,24 @@ LOGIT_CASES = {
 }
 
 
+def evaluated_on_random_images(
+    make: Callable[[], IncrementalModel],
+) -> tuple[IncrementalModel, torch.Tensor, torch.Tensor]:
+    """A model in eval mode, two labels and two random level images of its shape."""
+    torch.manual_seed(0)
+    model = make().eval()
+    shape = model.shape
+    labels = torch.arange(2) % NUM_CLASSES
+    images = torch.randint(0, shape.levels, (2, shape.channels, shape.height, shape.width))
+    return model, labels, images
+
+
 @pytest.mark.parametrize("case", sorted(LOGIT_CASES))
 def test_incremental_logits_equal_the_full_networks_at_every_sub_pixel(case: str):
     """Stronger than equal images, which a small error rarely changes: every logit, fed as
     `cached_sample` feeds it, channel by channel."""
-    torch.manual_seed(0)
-    model = LOGIT_CASES[case]().eval()
+    model, labels, images = evaluated_on_random_images(LOGIT_CASES[case])
     shape = model.shape
-    labels = torch.arange(2) % NUM_CLASSES
-    images = torch.randint(0, shape.levels, (2, shape.channels, shape.height, shape.width))
     with torch.no_grad():
         expected = full_logits(model, images, labels)
         network = model.incremental(labels)
@@ -156,8 +197,48 @@ def test_incremental_logits_equal_the_full_networks_at_every_sub_pixel(case: str
                     network.image.write(row, col, to_unit_range(drawn, shape.levels))
 
 
+PARAM_CASES = {
+    **MIXTURE_MODELS,
+    "pixelcnn-pp-tall-3-blocks": lambda: pixelcnn_pp(
+        ImageShape(channels=3, height=8, width=4, levels=256), nr_resnet=3
+    ),
+    "pixelcnn-pp-one-row": lambda: pixelcnn_pp(ONE_ROW),
+}
+
+
+def test_pixelcnn_pp_cases_run_one_two_and_three_resolutions():
+    shapes = [make().shape for make in PARAM_CASES.values()]
+    assert {len(resolution_sizes(shape.height, shape.width)) for shape in shapes} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("case", sorted(PARAM_CASES))
+def test_incremental_mixture_params_equal_the_full_networks_at_every_pixel(case: str):
+    """A logistic draw changes level wherever a rounding error moves it across an edge, so
+    check every mixture param, each pixel fed as `cached_sample` feeds it."""
+    model, labels, images = evaluated_on_random_images(PARAM_CASES[case])
+    assert isinstance(model, PixelCNNPP)
+    shape = model.shape
+    with torch.no_grad():
+        expected = model.logistic_params(to_unit_range(images, shape.levels), labels)
+        network = model.incremental(labels)
+        for row in range(shape.height):
+            network.start_row(row)
+            for col in range(shape.width):
+                params = network.logits_at(row, col)  # (2, P)
+                torch.testing.assert_close(params, expected[:, :, row, col], rtol=0, atol=1e-5)
+                pixel = to_unit_range(images[:, :, row, col], shape.levels)
+                network.image.write(row, col, pixel)
+
+
 @pytest.mark.parametrize(
-    "case", ["pixelcnn-colour", "gated-conditional-grey", "pixelrnn-row-grey", "pixelrnn-diag-grey"]
+    "case",
+    [
+        "pixelcnn-colour",
+        "gated-conditional-grey",
+        "pixelrnn-row-grey",
+        "pixelrnn-diag-grey",
+        "pixelcnn-pp-conditional-grey",
+    ],
 )
 def test_completions_keep_the_top_half_and_match_naive_completions(case: str):
     model = build(case)
@@ -175,8 +256,9 @@ def test_completions_keep_the_top_half_and_match_naive_completions(case: str):
     assert not torch.equal(completions[4:, :, first_row:], images[:, :, first_row:])
 
 
-def test_conditional_samples_from_the_same_noise_differ_by_label():
-    model = build("gated-conditional-grey")
+@pytest.mark.parametrize("case", ["gated-conditional-grey", "pixelcnn-pp-conditional-grey"])
+def test_conditional_samples_from_the_same_noise_differ_by_label(case: str):
+    model = build(case)
     first_class, second_class = (
         cached_sample(model, torch.full((2,), label), torch.Generator().manual_seed(11))
         for label in range(2)
@@ -188,6 +270,8 @@ CONVS = {
     "masked-5x5-A": lambda: MaskedConv2d(6, 9, 5, "A", colour_groups=3),
     "masked-3x3-B": lambda: MaskedConv2d(6, 6, 3, "B", colour_groups=3),
     "masked-1x3-B": lambda: MaskedConv2d(6, 4, (1, 3), "B", colour_groups=2),
+    "shifted-2x3-down": lambda: ShiftedConv2d(6, 4, (2, 3), "down"),
+    "shifted-2x2-down-right": lambda: ShiftedConv2d(6, 4, (2, 2), "down_right"),
     "plain-1x1": lambda: nn.Conv2d(6, 4, 1),
 }
 

@@ -47,6 +47,29 @@ def submit(stack: Stack, **overrides: object) -> str:
     return stack.queue.submit(validate_spec_dict(digits_spec(**overrides)))
 
 
+# Both paths: two workers are a Ray Train DDP run; one trains directly in one process (a warm
+# runner, cluster/warm_runner.py, which the dispatcher restarts as Ray Train restarts a group;
+# for a sweep, its trial actor).
+BOTH_PATHS = pytest.mark.parametrize("workers", [2, 1], ids=["ray-train", "direct"])
+# The model of a run a fault must meet mid-way: a warm runner has no report to wait for between
+# epochs, and trained the whole of the two-worker runs' tiny model before the fault came.
+MID_RUN_MODEL = {
+    2: digits_spec()["model"],
+    1: {"type": "pixelcnn", "params": {"layers": 3, "channels": 32, "output_hidden": 32}},
+}
+
+
+def submit_mid_run_job(stack: Stack, workers: int) -> str:
+    """Six epochs of a run a fault meets after its second."""
+    return submit(
+        stack,
+        model=MID_RUN_MODEL[workers],
+        train__epochs=6,
+        train__max_steps_per_epoch=20,
+        scaling__num_workers=workers,
+    )
+
+
 def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(
     stack: Stack, dispatcher
 ) -> None:
@@ -80,7 +103,10 @@ def test_two_worker_job_succeeds_with_metrics_samples_and_checkpoint(
     )
 
 
-def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, dispatcher) -> None:
+@BOTH_PATHS
+def test_sweep_runs_trials_as_train_runs_and_records_the_best(
+    stack: Stack, dispatcher, workers: int
+) -> None:
     sweep = {
         "metric": "val_bits_per_dim",
         "mode": "min",
@@ -90,7 +116,7 @@ def test_sweep_runs_trials_as_train_runs_and_records_the_best(stack: Stack, disp
         "grace_period": 1,
         "space": {"train.lr": {"loguniform": [0.0003, 0.03]}},
     }
-    job_id = submit(stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=1)
+    job_id = submit(stack, kind="sweep", sweep=sweep, train__epochs=3, scaling__num_workers=workers)
     record = stack.wait_final(job_id, timeout=480)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
     trials = {trial["trial_id"]: trial for trial in stack.store.trials(job_id)}
@@ -182,14 +208,18 @@ def test_grid_search_enumerates_choices_and_optuna_samples_within_bounds(
         assert config["train.batch_size"] in (32, 64)
 
 
+@BOTH_PATHS
 def test_cancelled_run_and_sweep_stop_within_ten_seconds_and_free_their_resources(
-    stack: Stack, dispatcher
+    stack: Stack, dispatcher, workers: int
 ) -> None:
     # Both at once: a run's worker group and a sweep's per-trial reservations are placement
     # groups that Ray keeps after their runner dies, unless the dispatcher frees them.
-    free_before = ray.available_resources().get("CPU", 0)  # earlier tests' runs may still end
+    def free_cpus() -> float:  # the dispatcher's idle warm runners are free for its next run
+        return ray.available_resources().get("CPU", 0) + dispatcher.pool.idle_cpus
+
+    free_before = free_cpus()  # earlier tests' runs may still end
     endless = {"train__epochs": 200, "train__max_steps_per_epoch": 50}
-    run_id = submit(stack, **endless)
+    run_id = submit(stack, scaling__num_workers=workers, **endless)
     sweep = {
         "metric": "val_bits_per_dim",
         "mode": "min",
@@ -210,7 +240,7 @@ def test_cancelled_run_and_sweep_stop_within_ten_seconds_and_free_their_resource
         assert record.status == JobStatus.CANCELLED
     assert time.monotonic() - requested < 10
     deadline = requested + 10
-    while ray.available_resources().get("CPU", 0) < free_before:
+    while free_cpus() < free_before:
         if time.monotonic() > deadline:
             groups = ray.util.placement_group_table().values()
             held = [
@@ -226,14 +256,17 @@ def _any_trial_reported(stack: Stack, sweep_id: str) -> bool:
     )
 
 
-def test_killed_train_worker_restarts_from_the_last_checkpoint(stack: Stack, dispatcher) -> None:
-    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+@BOTH_PATHS
+def test_killed_train_worker_restarts_from_the_last_checkpoint(
+    stack: Stack, dispatcher, workers: int
+) -> None:
+    job_id = submit_mid_run_job(stack, workers)
     stack.wait_for(job_id, lambda r: len(stack.store.metrics(job_id)) >= 2, timeout=120)
-    workers = dispatcher.active[job_id].workers
-    victim = workers[1].pid
+    victim = dispatcher.active[job_id].workers[workers - 1].pid
     os.kill(victim, signal.SIGKILL)
     record = stack.wait_final(job_id, timeout=240)
     assert record.status == JobStatus.SUCCEEDED, record.last_error
+    assert (record.attempts, record.claims, record.interruptions) == (1, 1, 0)  # in the claim
     # Ray Train registers a reported checkpoint asynchronously, so the restart may resume from
     # an epoch before the last one reported; the store's curve rewinds to it: each epoch once.
     assert [m["epoch"] for m in stack.store.metrics(job_id)] == list(range(1, 7))
@@ -277,10 +310,11 @@ def replace_dispatcher_mid_run(
             first.kill()
 
 
+@BOTH_PATHS
 def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
-    stack: Stack, local_ray: str
+    stack: Stack, local_ray: str, workers: int
 ) -> None:
-    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+    job_id = submit_mid_run_job(stack, workers)
     record = replace_dispatcher_mid_run(
         stack, local_ray, job_id, lambda: len(stack.store.metrics(job_id)) >= 2, timeout=240
     )
@@ -290,10 +324,11 @@ def test_sigkilled_dispatcher_is_replaced_and_the_run_resumes_once(
     assert_resumed_once(stack, job_id)
 
 
+@BOTH_PATHS
 def test_sigtermed_dispatcher_hands_its_job_back_and_the_run_resumes_without_an_attempt(
-    stack: Stack, local_ray: str
+    stack: Stack, local_ray: str, workers: int
 ) -> None:
-    job_id = submit(stack, train__epochs=6, train__max_steps_per_epoch=20)
+    job_id = submit_mid_run_job(stack, workers)
     record = replace_dispatcher_mid_run(
         stack,
         local_ray,

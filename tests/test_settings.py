@@ -215,3 +215,28 @@ def test_a_redis_url_whose_database_is_not_a_number_is_one_error(
     assert settings_error(monkeypatch, "GENFLEET_REDIS_URL", "redis://:secret@host:6379/abc") == (
         "GENFLEET_REDIS_URL: its path must be a database number such as /0"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "error"),
+    [
+        ("GENFLEET_WARM_RUNNERS", "two", "must be a whole number from 0 to 64, got 'two'"),
+        ("GENFLEET_WARM_RUNNERS", "65", "must be a whole number from 0 to 64, got '65'"),
+        ("GENFLEET_DIRECT_RUNS", "yes", "must be 1 or 0, got 'yes'"),
+    ],
+)
+def test_a_bad_warm_start_setting_is_one_error_naming_the_variable(
+    variable: str, text: str, error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings_error(monkeypatch, variable, text) == f"{variable}: {error}"
+
+
+def test_direct_runs_are_on_for_genfleet_up_and_off_elsewhere_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert [Settings.from_env(direct_runs=up).direct_runs for up in (True, False)] == [True, False]
+    assert Settings.from_env().warm_runners == 1
+    monkeypatch.setenv("GENFLEET_DIRECT_RUNS", "0")
+    assert Settings.from_env(direct_runs=True).direct_runs is False
+    monkeypatch.setenv("GENFLEET_DIRECT_RUNS", "1")
+    assert Settings.from_env().direct_runs is True

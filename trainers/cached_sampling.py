@@ -5,12 +5,16 @@ Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Mode
 output at (i, j) reads its input only in a kernel-sized neighbourhood, all of which is already
 final when (i, j) comes up in raster order. Naive sampling reruns the network over the whole
 image for every sub-pixel, O((HW)^2) positions per image; this computes O(HW). The PixelRNNs'
-incremental networks (trainers/models/pixelrnn_*.py) keep their LSTM states the same way.
+incremental networks (trainers/models/pixelrnn_*.py) keep their LSTM states the same way, and
+PixelCNN++'s (trainers/models/pixelcnn_pp_caches.py) computes a coarser resolution's position
+once the finer positions it reads are final.
 
 `cached_sample` draws the same up-front noise as `naive_sample` and spends it in the same
-order. Its logits equal the full network's up to float rounding (a matrix product in place of a
-convolution sums in another order), so the images are the same unless a uniform lands within
-that rounding of a step of the CDF; the tests check torch.equal.
+order, each model drawing a pixel as its `sample_pixel` does (`sample_cached_pixel`). Its logits
+equal the full network's up to float rounding (a matrix product in place of a convolution sums
+in another order), so the images are the same unless a uniform lands within that rounding of a
+step of the CDF, or a logistic draw within it of the edge between two levels; the tests check
+torch.equal.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 from trainers.generative_model import ImageShape, to_unit_range
 from trainers.layers.heads import SubpixelLogitHead
 from trainers.layers.masked_conv import MaskedConv2d
+from trainers.layers.shifted_conv import ShiftedConv2d
 from trainers.likelihood import sample_categorical
 from trainers.sampling import AutoregressiveModel, draw_noise
 
@@ -62,8 +67,8 @@ class FeatureCache:
 
 
 class PositionConv:
-    """A (masked) convolution at one output position: a matrix product with the patch its
-    kernel covers there. The masked weights are read once, when sampling starts."""
+    """A (masked or shifted) convolution at one output position: a matrix product with the
+    patch its kernel covers there. The masked weights are read once, when sampling starts."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         weight = conv.weight.permute(0, 2, 3, 1)  # (out, kh, kw, in): the cache's layout
@@ -72,6 +77,9 @@ class PositionConv:
             weight = (weight * conv.mask.permute(0, 2, 3, 1))[:, : conv.kernel_size[0] // 2 + 1]
         self.rows, self.cols = weight.shape[1], weight.shape[2]
         self.padding = (int(conv.padding[0]), int(conv.padding[1]))
+        if isinstance(conv, ShiftedConv2d):
+            left, _, top, _ = conv.causal_padding
+            self.padding = (top, left)
         self.matrix = weight.flatten(1).t()  # (rows * cols * in, out)
         self.bias = weight.new_zeros(weight.shape[0]) if conv.bias is None else conv.bias
 
@@ -79,11 +87,15 @@ class PositionConv:
         """A flattened patch (N, rows * cols * in) -> outputs (N, out); a 1x1 conv takes (N, in)."""
         return torch.addmm(self.bias, patch, self.matrix)
 
-    def at(self, cache: FeatureCache, row: int, col: int) -> Tensor:
-        """Outputs (N, out) at (row, col) of the same-padded convolution of `cache`."""
+    def patch(self, cache: FeatureCache, row: int, col: int) -> Tensor:
+        """(N, rows, cols, in): what the kernel covers for output (row, col) of `cache`, padded
+        as the convolution pads; strided, it is at the input position (row, col) maps to."""
         pad_h, pad_w = self.padding
-        patch = cache.window(row - pad_h, col - pad_w, self.rows, self.cols)  # (N, rows, cols, in)
-        return self(patch.flatten(1))
+        return cache.window(row - pad_h, col - pad_w, self.rows, self.cols)
+
+    def at(self, cache: FeatureCache, row: int, col: int) -> Tensor:
+        """Outputs (N, out) at (row, col) of the convolution of `cache`."""
+        return self(self.patch(cache, row, col).flatten(1))
 
 
 class PositionHead:
@@ -108,7 +120,9 @@ class IncrementalNetwork(Protocol):
         """Rows above `row` are final: compute what the network computes a row at a time."""
 
     def logits_at(self, row: int, col: int) -> Tensor:
-        """Logits (N, C, levels) of pixel (row, col); updates every layer's cache there."""
+        """What the full network outputs for pixel (row, col); updates every layer's cache
+        there. A softmax model's logits (N, C, levels), asked again as each channel is drawn;
+        PixelCNN++'s mixture params (N, P), asked once."""
 
 
 class IncrementalModel(AutoregressiveModel):
@@ -118,6 +132,21 @@ class IncrementalModel(AutoregressiveModel):
     def incremental(self, labels: Tensor) -> IncrementalNetwork:
         """A fresh incremental network for `len(labels)` images, all caches empty."""
         raise NotImplementedError
+
+    def sample_cached_pixel(
+        self, network: IncrementalNetwork, row: int, col: int, noise: Tensor
+    ) -> Tensor:
+        """`sample_pixel` from `network`: values (N, C) of pixel (row, col), written into
+        `network.image`. This default draws from a softmax per sub-pixel, channel by channel.
+
+        noise: (N, C, noise_per_subpixel) uniforms in [0, 1).
+        """
+        values = torch.zeros(noise.shape[:2], dtype=torch.long, device=noise.device)  # (N, C)
+        for channel in range(self.shape.channels):
+            logits = network.logits_at(row, col)  # (N, C, levels)
+            values[:, channel] = sample_categorical(logits[:, channel], noise[:, channel, 0])
+            network.image.write(row, col, to_unit_range(values, self.shape.levels))
+        return values
 
     def draw(
         self,
@@ -158,10 +187,8 @@ def cached_sample(
                 network.image.write(row, col, to_unit_range(images[:, :, row, col], shape.levels))
                 network.logits_at(row, col)
                 continue
-            for channel in range(shape.channels):
-                logits = network.logits_at(row, col)  # (N, C, levels)
-                uniform = noise[:, row, col, channel, 0]  # (N,)
-                images[:, channel, row, col] = sample_categorical(logits[:, channel], uniform)
-                network.image.write(row, col, to_unit_range(images[:, :, row, col], shape.levels))
+            images[:, :, row, col] = model.sample_cached_pixel(
+                network, row, col, noise[:, row, col]
+            )
     model.train(was_training)
     return images

@@ -5,8 +5,8 @@ Test is what a paper's table reports: the official test split where the dataset 
 fixed `TEST_SPLIT_SEED`, so every trial of a sweep over `train.seed` is tested on the same
 images. Val, the selection split, is carved from the rest by `train.seed`.
 
-Every dataset yields `(image (C, H, W) int64 levels, label int64)` from tensors held in memory,
-so a DistributedSampler can index any item on any rank. Files live under GENFLEET_DATA_DIR;
+Every split is a tensor in memory (trainers/splits.py) that serves `(images (B, C, H, W) int64
+levels, labels (B,) int64)` a whole batch at a time. Files live under GENFLEET_DATA_DIR;
 nothing outside it is read, whatever `data.root` or a symlink says.
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from jobs.failures import NotRetryable
 from jobs.spec import DataSpec, Split
 from trainers.generative_model import ImageShape
+from trainers.splits import DynamicallyBinarized, LevelImages
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -65,77 +65,24 @@ class DatasetError(NotRetryable):
     """Data cannot be loaded; the message names the folder or file and what was expected."""
 
 
-class ImageSplit(Dataset[tuple[Tensor, Tensor]]):
-    """One split as the training loop reads it: indexable `(image, label)` pairs, a length, and
-    a hook the loop calls before every training epoch."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def set_epoch(self, epoch: int) -> None:
-        """Training epoch `epoch` starts; a split whose images depend on it redraws them."""
-        del epoch  # fixed images: the same every epoch
-
-
-class LevelImages(ImageSplit):
-    """Images (N, C, H, W) stored as uint8 levels with labels (N,), served as int64."""
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index].long(), self.labels[index]
-
-
-class DynamicallyBinarized(ImageSplit):
-    """Each pixel ~ Bernoulli(intensity / 255), redrawn every epoch (Salakhutdinov & Murray 2008
-    fixed one binarization; dynamic binarization as in Burda et al. 2016 regularises better).
-
-    The draw of item i depends only on (seed, epoch, i), so every rank and a resumed run see the
-    same binary image whatever order the sampler visits items in.
-    """
-
-    def __init__(self, intensities: Tensor, labels: Tensor, seed: int) -> None:
-        self.intensities = intensities  # (N, 1, H, W) uint8 in [0, 255]
-        self.labels = labels
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.intensities)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = binarize(self.intensities[index], self.seed, self.epoch, index)
-        return image, self.labels[index]
-
-
 def binarize(intensities: Tensor, seed: int, epoch: int, index: int) -> Tensor:
-    """One Bernoulli draw per pixel with p = intensity / 255, as int64 levels {0, 1}."""
+    """One Bernoulli draw per pixel with p = intensity / 255, as int64 levels {0, 1}: how val
+    and test are binarized once (train redraws whole epochs, trainers/splits.py)."""
     uniform = np.random.default_rng([seed, epoch, index]).random(tuple(intensities.shape))
     return torch.from_numpy(uniform < intensities.numpy() / 255.0).long()
 
 
 @dataclass(frozen=True)
 class Datasets:
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
+    train: LevelImages
+    val: LevelImages
+    test: LevelImages
     shape: ImageShape
     num_classes: int
     binarization: Literal["dynamic", "none"]
     test_split: str  # where test comes from, as the run info reports it
 
-    def split(self, name: Split) -> ImageSplit:
+    def split(self, name: Split) -> LevelImages:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 

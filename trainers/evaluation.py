@@ -16,8 +16,9 @@ import torch
 from jobs.model_params import Params, VAEParams
 from jobs.spec import JobSpec, Split
 from trainers import checkpoint
+from trainers.batches import EvaluationBatches
 from trainers.data import load_dataset
-from trainers.loop import evaluate_split, evaluation_loader, evaluation_mode, likelihood_kind
+from trainers.loop import evaluate_split, evaluation_mode, likelihood_kind
 from trainers.models import build_model
 
 
@@ -49,9 +50,9 @@ def evaluate_checkpoint(
     load_weights(model, state, folder)
     device = device or torch.device("cpu")
     images = data.split(split)
-    loader = evaluation_loader(images, spec.train.batch_size, rank=0, world_size=1)
+    batches = EvaluationBatches(images, spec.train.batch_size, device)
     with evaluation_mode(model.to(device)) as evaluated:
-        metrics = evaluate_split(evaluated, loader, f"{split}_", True, device, on_batch)
+        metrics = evaluate_split(evaluated, batches, f"{split}_", True, device, on_batch)
     return {
         "checkpoint": str(folder),
         "epoch": state["epoch"],

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from jobs.model_params import Params
+# Only for annotations: a model reads its params' fields, so it builds from any object that has
+# them where the job spec's pydantic is absent (bench/gpu_bench.py on a bare GPU machine).
+if TYPE_CHECKING:
+    from jobs.model_params import Params
 
 Objective = Literal["exact_likelihood", "elbo", "reconstruction", "adversarial"]
 TORCH_ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's and AdamW's own default

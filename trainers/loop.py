@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from jobs.failures import NotRetryable
 from jobs.spec import JobSpec
 from trainers import checkpoint
-from trainers.data import Datasets, ImageSplit, load_dataset
+from trainers.batches import EvaluationBatches, TrainBatches
+from trainers.data import Datasets, load_dataset
 from trainers.generative_model import GenerativeModel
 from trainers.images import levels_to_png
 from trainers.metrics import MetricSums, all_reduce_sum, gather_from_ranks, with_bits_per_dim
@@ -120,7 +120,7 @@ class TrainingRun:
         self.model = build_model(
             self.spec.model.type, self.spec.model.params, self.data.shape, self.data.num_classes
         ).to(self.device)
-        self._setup_loaders(self.data)
+        self._setup_batches(self.data)
         total_steps = self.train_spec.epochs * self.steps_per_epoch
         betas = self.model.adam_betas
         self.optimizers = {
@@ -141,25 +141,18 @@ class TrainingRun:
         if self.context.is_main:
             self.reporter.info(self.run_info())
 
-    def _setup_loaders(self, data: Datasets) -> None:
-        batch_size = self.train_spec.batch_size
+    def _setup_batches(self, data: Datasets) -> None:
+        batch_size, device = self.train_spec.batch_size, self.device
         rank, world = self.context.rank, self.context.world_size
         # Data order is a function of (seed, epoch) alone, so resuming needs no sampler state.
-        self.train_sampler = DistributedSampler(
-            data.train, num_replicas=world, rank=rank, shuffle=True, seed=self.train_spec.seed
+        self.train_batches = TrainBatches(
+            data.train, batch_size, self.train_spec.seed, device, rank, world
         )
-        # A 1-image last batch breaks batch norm and adds a noisy step: drop it when possible.
-        drop_last = len(self.train_sampler) > batch_size
-        self.train_loader = DataLoader(
-            data.train, batch_size, sampler=self.train_sampler, drop_last=drop_last
-        )
-        batches = len(self.train_loader)
+        batches = len(self.train_batches)
         self.steps_per_epoch = min(batches, self.train_spec.max_steps_per_epoch or batches)
-        self.val_loader = evaluation_loader(data.val, batch_size, rank, world)
-        self.test_loader = evaluation_loader(data.test, batch_size, rank, world)
-        count = min(VISUAL_IMAGES, len(data.val))
-        images, labels = zip(*(data.val[i] for i in range(count)), strict=True)
-        self.visual_batch = (torch.stack(images), torch.stack(labels))
+        self.val_batches = EvaluationBatches(data.val, batch_size, device, rank, world)
+        self.test_batches = EvaluationBatches(data.test, batch_size, device, rank, world)
+        self.visual_batch = data.val.batch(torch.arange(min(VISUAL_IMAGES, len(data.val))))
 
     def run_info(self) -> dict[str, Any]:
         shape = self.data.shape
@@ -207,20 +200,14 @@ class TrainingRun:
         return last
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        self.train_sampler.set_epoch(epoch)
-        self.data.train.set_epoch(epoch)  # dynamic binarization redraws its pixels
         self.trained_module.train()
         sums = MetricSums(self.device)
         images_seen = torch.zeros((), dtype=torch.float64, device=self.device)
         started = time.perf_counter()
-        for batch, (images, labels) in enumerate(self.train_loader, start=1):
+        for batch, (images, labels) in enumerate(self.train_batches.epoch(epoch), start=1):
+            # A no-op for a split held on the device; a split too large for it travels here.
             images, labels = images.to(self.device), labels.to(self.device)
-            for phase in self.model.phases:
-                terms = self.train_phase(epoch, phase, images, labels)
-                sums.add(terms, "train_" if phase == "train" else f"train_{phase}_")
-            if self.ema is not None:
-                self.ema.update(self.model)
-            self.step += 1
+            self.train_step(epoch, images, labels, sums)
             images_seen += len(images)
             if self.context.on_batch is not None:
                 self.context.on_batch(epoch, batch, self.steps_per_epoch)
@@ -231,6 +218,15 @@ class TrainingRun:
         means = with_bits_per_dim(sums.reduce_means(), "train_", self.dims)
         lr = self.optimizers[self.model.phases[0]].param_groups[0]["lr"]
         return {"step": self.step, "lr": lr, "images_per_s": images_per_s, **means}
+
+    def train_step(self, epoch: int, images: Tensor, labels: Tensor, sums: MetricSums) -> None:
+        """One batch: an optimizer step per phase, then the weight EMA."""
+        for phase in self.model.phases:
+            terms = self.train_phase(epoch, phase, images, labels)
+            sums.add(terms, "train_" if phase == "train" else f"train_{phase}_")
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
 
     def train_phase(
         self, epoch: int, phase: str, images: Tensor, labels: Tensor
@@ -268,9 +264,9 @@ class TrainingRun:
 
     def evaluate(self, final: bool, split: EvaluationSplit = "val") -> dict[str, float]:
         """`<split>_<key>` means over the whole split; `final` asks models for costly metrics."""
-        loader = self.val_loader if split == "val" else self.test_loader
+        batches = self.val_batches if split == "val" else self.test_batches
         with evaluation_mode(self.inference_model) as model:
-            return evaluate_split(model, loader, f"{split}_", final, self.device)
+            return evaluate_split(model, batches, f"{split}_", final, self.device)
 
     def sample_quality(self) -> dict[str, float]:
         """`val_fcd`: Frechet classifier distance of fixed-seed samples to val images (rank 0)."""
@@ -278,7 +274,7 @@ class TrainingRun:
         if classifier is None:
             return {}
         count = min(FCD_IMAGES, len(self.data.val))
-        real = torch.stack([self.data.val[i][0] for i in range(count)])  # (N, C, H, W)
+        real, _ = self.data.val.batch(torch.arange(count))  # (N, C, H, W)
         labels = (torch.arange(count) % self.data.num_classes).to(self.device)
         with evaluation_mode(self.inference_model) as model:
             fake = model.sample(labels, torch.Generator().manual_seed(self.train_spec.seed))
@@ -291,10 +287,10 @@ class TrainingRun:
             return None
         if self.classifier is None:
             count = min(FCD_CLASSIFIER_IMAGES, len(self.data.train))
-            images, labels = zip(*(self.data.train[i] for i in range(count)), strict=True)
+            images, labels = self.data.train.batch(torch.arange(count))
             self.classifier = train_feature_classifier(
-                torch.stack(images),
-                torch.stack(labels),
+                images,
+                labels,
                 self.data.shape.levels,
                 FCD_CLASSIFIER_EPOCHS,
                 self.train_spec.seed,
@@ -362,22 +358,15 @@ class TrainingRun:
             torch.cuda.empty_cache()
 
 
-def evaluation_loader(split: ImageSplit, batch_size: int, rank: int, world_size: int) -> DataLoader:
-    """Every image of `split` exactly once over all ranks (DistributedSampler would pad with
-    repeats), in order, last batch kept: likelihood sums must be exact."""
-    shard = Subset(split, range(rank, len(split), world_size))
-    return DataLoader(shard, batch_size, shuffle=False)
-
-
 def evaluate_split(
     model: GenerativeModel,
-    loader: DataLoader,
+    batches: EvaluationBatches,
     prefix: str,
     final: bool,
     device: torch.device,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Means of the model's per-image terms over every rank's `loader`, with bits/dim.
+    """Means of the model's per-image terms over every rank's `batches`, with bits/dim.
 
     Noise a bound draws (the VAE's importance samples) comes from EVALUATION_SEED on a forked
     generator: `genfleet evaluate` then reproduces the run's own number, and training's random
@@ -386,10 +375,10 @@ def evaluate_split(
     sums = MetricSums(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(EVALUATION_SEED)
-        for batch, (images, labels) in enumerate(loader, start=1):
+        for batch, (images, labels) in enumerate(batches, start=1):
             sums.add(model.evaluate(images.to(device), labels.to(device), final), prefix)
             if on_batch is not None:
-                on_batch(batch, len(loader))
+                on_batch(batch, len(batches))
     return with_bits_per_dim(sums.reduce_means(), prefix, model.shape.dims)
 
 

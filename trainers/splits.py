@@ -9,7 +9,9 @@ batches on a machine without the job spec's dependencies.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from typing import Self
 
 import torch
 from torch import Tensor
@@ -31,9 +33,10 @@ class LevelImages(Dataset[tuple[Tensor, Tensor]]):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index].long(), self.labels[index]
+        """One item: ((C, H, W) int64 levels, its label)."""
+        return self.batch(index)
 
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+    def batch(self, index: Tensor | int) -> tuple[Tensor, Tensor]:
         """Items `index` (B,), on the split's device, as ((B, C, H, W) int64, (B,) int64)."""
         return self.images[index].long(), self.labels[index]
 
@@ -49,8 +52,10 @@ class LevelImages(Dataset[tuple[Tensor, Tensor]]):
     def nbytes(self) -> int:
         return self.images.nbytes + self.labels.nbytes
 
-    def to(self, device: torch.device) -> LevelImages:
-        return LevelImages(self.images.to(device), self.labels.to(device))
+    def to(self, device: torch.device) -> Self:
+        moved = copy.copy(self)
+        moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        return moved
 
 
 class DynamicallyBinarized(LevelImages):
@@ -77,9 +82,10 @@ class DynamicallyBinarized(LevelImages):
     def nbytes(self) -> int:
         return super().nbytes + self.intensities.nbytes
 
-    def to(self, device: torch.device) -> DynamicallyBinarized:
-        labels = self.labels.to(device)
-        return DynamicallyBinarized(self.intensities.to(device), labels, self.seed, self.epoch)
+    def to(self, device: torch.device) -> Self:
+        moved = super().to(device)
+        moved.intensities = self.intensities.to(device)
+        return moved
 
 
 def binarize_epoch(intensities: Tensor, seed: int, epoch: int) -> Tensor:

@@ -62,7 +62,8 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
     """The outcome of a run that `exc` ended (None: it ran to its last epoch)."""
     if exc is None:
         return RunOutcome.FINISHED
-    if isinstance(exc, TrainingCancelled | KeyboardInterrupt):
+    # Tune ends a trial it stops early (ASHA) with SystemExit from inside its report.
+    if isinstance(exc, TrainingCancelled | KeyboardInterrupt | SystemExit):
         return RunOutcome.KILLED
     return RunOutcome.FAILED
 

@@ -19,13 +19,12 @@ per image for `loss` so the learning rate does not depend on the image size.
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.model_params import GatedPixelCNNParams
 from trainers.cached_sampling import FeatureCache, IncrementalModel, PositionConv, PositionHead
 from trainers.generative_model import ImageShape, to_unit_range
 from trainers.layers.heads import SubpixelLogitHead, gated_activation
@@ -33,6 +32,9 @@ from trainers.layers.masked_conv import MaskedConv2d
 from trainers.layers.shifted_conv import ShiftedConv2d, down_shift
 from trainers.likelihood import categorical_nll
 from trainers.sampling import softmax_pixel
+
+if TYPE_CHECKING:  # see trainers/generative_model.py
+    from jobs.model_params import GatedPixelCNNParams
 
 
 class GatedLayer(nn.Module):

@@ -24,6 +24,9 @@ Headline: 2.92 bits/dim on CIFAR-10 test. What this file follows:
   class to its pre-gate activations [a, b] (a projection of the one-hot label, a plain matrix
   in their code too, so not weight-normalised). Sampling conditions on the labels it is given.
   Off by default: labels are then ignored.
+- Sampling and completions go through `cached_sample` (Ramachandran et al. 2017, issue 14):
+  each position of each layer at each resolution is computed once (pixelcnn_pp_caches.py),
+  and the images are the naive sampler's for the same generator.
 
 Loss: the exact NLL of the discretized mixture in nats per image (`nll_nats`), divided by the
 sub-pixels per image for `loss` so the learning rate does not depend on the image size.
@@ -31,17 +34,22 @@ sub-pixels per image for `loss` so the learning rate does not depend on the imag
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from jobs.model_params import PixelCNNPPParams
+from trainers.cached_sampling import (
+    FeatureCache,
+    IncrementalModel,
+    IncrementalNetwork,
+    PositionConv,
+)
 from trainers.generative_model import ImageShape, to_unit_range
+from trainers.layers.gated_resnet import Resample, StreamBlock
 from trainers.layers.shifted_conv import (
-    Shift,
     ShiftedConv2d,
     ShiftedConvTranspose2d,
     down_shift,
@@ -52,11 +60,12 @@ from trainers.likelihood import (
     logistic_mixture_channels,
     sample_discretized_logistic_mixture,
 )
-from trainers.sampling import AutoregressiveModel
+from trainers.models.pixelcnn_pp_caches import Coarser, ResolutionCaches, last_row
+
+if TYPE_CHECKING:  # pydantic stays out of a bare GPU box's run (bench/gpu_bench.py)
+    from jobs.model_params import PixelCNNPPParams
 
 MOST_RESOLUTIONS = 3  # section 2.4: 32x32 -> 16x16 -> 8x8 on CIFAR-10
-KERNELS: dict[Shift, tuple[int, int]] = {"down": (2, 3), "down_right": (2, 2)}
-CLASS_BIAS_STD = 0.05  # the authors' init of the conditional weights: start near unconditional
 
 
 def resolution_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -68,11 +77,6 @@ def resolution_sizes(height: int, width: int) -> list[tuple[int, int]]:
             break
         sizes.append((last_h // 2, last_w // 2))
     return sizes
-
-
-def concat_elu(x: Tensor) -> Tensor:
-    """ELU of x and of -x side by side (B, 2C, H, W): keeps the negative half's information."""
-    return F.elu(torch.cat([x, -x], dim=1))
 
 
 def weight_normalise(model: nn.Module) -> None:
@@ -91,86 +95,7 @@ def weight_normalise(model: nn.Module) -> None:
         weight_norm(deconv, dim=1)
 
 
-class GatedResnet(nn.Module):
-    """x + a * sigmoid(b), [a, b] computed from concat_elu(x), an optional shortcut input and,
-    when `num_classes` is given, a learned bias per class."""
-
-    def __init__(
-        self,
-        filters: int,
-        shift: Shift,
-        shortcut_filters: int,
-        dropout: float,
-        num_classes: int | None,
-    ) -> None:
-        super().__init__()
-        kernel = KERNELS[shift]
-        self.conv_in = ShiftedConv2d(2 * filters, filters, kernel, shift)
-        self.shortcut = nn.Conv2d(2 * shortcut_filters, filters, 1) if shortcut_filters else None
-        self.dropout = nn.Dropout(dropout)
-        self.conv_out = ShiftedConv2d(2 * filters, 2 * filters, kernel, shift)
-        self.class_bias = None
-        if num_classes is not None:
-            self.class_bias = nn.Embedding(num_classes, 2 * filters)
-            nn.init.normal_(self.class_bias.weight, std=CLASS_BIAS_STD)
-
-    def forward(self, x: Tensor, labels: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        hidden = self.conv_in(concat_elu(x))  # (B, F, H, W)
-        if self.shortcut is not None and shortcut is not None:
-            hidden = hidden + self.shortcut(concat_elu(shortcut))
-        hidden = self.dropout(concat_elu(hidden))
-        pre_gate = self.conv_out(hidden)  # (B, 2F, H, W)
-        if self.class_bias is not None:
-            pre_gate = pre_gate + self.class_bias(labels)[:, :, None, None]
-        value, gate = pre_gate.chunk(2, dim=1)  # (B, F, H, W) each
-        return x + value * torch.sigmoid(gate)
-
-
-class StreamBlock(nn.Module):
-    """One gated resnet on each stream; `ul` also reads `u`, so it sees the rows above too.
-
-    In the expanding pass both streams also read the contracting pass's output at the same
-    depth (`u_skip`, `ul_skip`, section 2.4).
-    """
-
-    def __init__(
-        self, filters: int, dropout: float, with_skips: bool, num_classes: int | None
-    ) -> None:
-        super().__init__()
-        skip_filters = filters if with_skips else 0
-        self.u_block = GatedResnet(filters, "down", skip_filters, dropout, num_classes)
-        self.ul_block = GatedResnet(
-            filters, "down_right", filters + skip_filters, dropout, num_classes
-        )
-
-    def forward(
-        self,
-        u: Tensor,
-        ul: Tensor,
-        labels: Tensor,
-        u_skip: Tensor | None = None,
-        ul_skip: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        u = self.u_block(u, labels, u_skip)
-        ul_shortcut = u if ul_skip is None else torch.cat([u, ul_skip], dim=1)
-        return u, self.ul_block(ul, labels, ul_shortcut)
-
-
-class Resample(nn.Module):
-    """Halve (strided ShiftedConv2d) or double (ShiftedConvTranspose2d) both streams."""
-
-    def __init__(
-        self, filters: int, conv: type[ShiftedConv2d] | type[ShiftedConvTranspose2d]
-    ) -> None:
-        super().__init__()
-        self.u_conv = conv(filters, filters, KERNELS["down"], "down", stride=2)
-        self.ul_conv = conv(filters, filters, KERNELS["down_right"], "down_right", stride=2)
-
-    def forward(self, u: Tensor, ul: Tensor) -> tuple[Tensor, Tensor]:
-        return self.u_conv(u), self.ul_conv(ul)
-
-
-class PixelCNNPP(AutoregressiveModel):
+class PixelCNNPP(IncrementalModel):
     name: ClassVar[str] = "pixelcnn_pp"
     noise_per_subpixel: ClassVar[int] = 2  # mixture component, logistic draw
 
@@ -250,6 +175,80 @@ class PixelCNNPP(AutoregressiveModel):
         levels = self.shape.levels
         params = self.logistic_params(to_unit_range(images, levels), labels)  # (N, P, H, W)
         return sample_discretized_logistic_mixture(params[:, :, row, col], noise, levels)
+
+    def incremental(self, labels: Tensor) -> PixelCNNPPCaches:
+        return PixelCNNPPCaches(self, labels)
+
+    def sample_cached_pixel(
+        self, network: IncrementalNetwork, row: int, col: int, noise: Tensor
+    ) -> Tensor:
+        """One network pass per pixel, as `sample_pixel`: the mixture gives all its channels."""
+        levels = self.shape.levels
+        values = sample_discretized_logistic_mixture(network.logits_at(row, col), noise, levels)
+        network.image.write(row, col, to_unit_range(values, levels))
+        return values
+
+
+class PixelCNNPPCaches:
+    """PixelCNN++ one pixel at a time: the input convolutions and the head at each pixel, the
+    resolutions' caches (trainers/models/pixelcnn_pp_caches.py) in between."""
+
+    def __init__(self, model: PixelCNNPP, labels: Tensor) -> None:
+        shape, count, device = model.shape, len(labels), labels.device
+        self.model = model
+        self.image = FeatureCache(count, shape.channels, shape, 1, device)
+        # logistic_params' channel of ones: one inside the image, zero in the border as padded.
+        self.ones = FeatureCache(count, 1, shape, 1, device)
+        self.ones.window(0, 0, shape.height, shape.width).fill_(1.0)
+        self.ul_input_left = PositionConv(model.ul_input_left)
+        self.output = PositionConv(model.output)
+        # What ul sees above each pixel of the current row: the first row sees zeros.
+        self.ul_above = torch.zeros(count, model.params.nr_filters, shape.width, device=device)
+        sizes = resolution_sizes(shape.height, shape.width)
+        self.resolutions = self._resolutions(labels, sizes)
+
+    def _resolutions(self, labels: Tensor, sizes: list[tuple[int, int]]) -> ResolutionCaches:
+        """The finest resolution's caches, which hold the coarser ones; built coarsest first."""
+        model, coarsest = self.model, len(sizes) - 1
+        caches = None
+        for level in reversed(range(len(sizes))):
+            coarser = None
+            if caches is not None:
+                resampling = model.downsample[level], model.upsample[coarsest - 1 - level]
+                coarser = Coarser(*resampling, caches)
+            height, width = sizes[level]
+            shape = ImageShape(model.params.nr_filters, height, width, model.shape.levels)
+            blocks = model.contracting[level], model.expanding[coarsest - level]
+            caches = ResolutionCaches(*blocks, labels, shape, coarser)
+        assert caches is not None  # sizes always holds the full resolution
+        return caches
+
+    def _input_rows(self, top: int, height: int) -> Tensor:
+        """Image rows top .. top + height - 1 with the channel of ones: (N, C + 1, height, W)."""
+        rows = self.image.window(top, 0, height, self.model.shape.width).permute(0, 3, 1, 2)
+        return torch.cat([rows, torch.ones_like(rows[:, :1])], dim=1)
+
+    def start_row(self, row: int) -> None:
+        u_entry = torch.zeros_like(self.ul_above)  # down_shift: the first row sees zeros
+        if row > 0:
+            # down_shift: row `row` is the first convolutions' row - 1.
+            u_rows = self._input_rows(max(0, row - 2), min(row, 2))
+            u_entry = last_row(self.model.u_input(u_rows))
+            self.ul_above = last_row(self.model.ul_input_above(self._input_rows(row - 1, 1)))
+        self.resolutions.advance_row(row, u_entry)
+
+    def logits_at(self, row: int, col: int) -> Tensor:
+        """The mixture params (N, P) of pixel (row, col)."""
+        ul_entry = self.ul_above[:, :, col]  # (N, F)
+        if col > 0:
+            # right_shift: the view to the left is ul_input_left at col - 1.
+            conv, left = self.ul_input_left, col - 1
+            patch = torch.cat(
+                [conv.patch(self.image, row, left), conv.patch(self.ones, row, left)], dim=-1
+            )  # (N, 2, 1, C + 1)
+            ul_entry = ul_entry + conv(patch.flatten(1))
+        features = self.resolutions.advance_pixel(row, col, ul_entry)  # (N, F)
+        return self.output(F.elu(features))
 
 
 MODEL = PixelCNNPP
