@@ -313,9 +313,11 @@ class Dispatcher:
             if self.waiting or ray_runtime.placement_groups_waiting():
                 self.pool.retire()
             else:
-                ours = self._free_resources().cpus - self.pool.idle_cpus
-                cpus = min(ray_runtime.available_resources()["cpus"], ours)
-                self.pool.refill(cpus, ray_runtime.on_the_head())
+                self.pool.drop_failed()
+                if self.pool.wants_runners:  # else what is free need not be read every tick
+                    ours = self._free_resources().cpus - self.pool.idle_cpus
+                    cpus = min(ray_runtime.available_resources()["cpus"], ours)
+                    self.pool.refill(cpus, ray_runtime.on_the_head())
         except Exception:  # a warm runner only saves start-up time; the tick goes on
             log.exception("could not keep the warm runners")
 

@@ -133,10 +133,16 @@ class WarmPool:
     def take(self, spec: JobSpec) -> Warm | None:
         """An idle runner for the job, alive, if its shape is the pool's."""
         self.hold_off()
-        self._drop_failed()
+        self.drop_failed()
         if not self._idle or spec.scaling.cpus_per_worker != WARM_CPUS:
             return None
         return self._idle.pop(0)
+
+    @property
+    def wants_runners(self) -> bool:
+        """Whether `refill` would start any now: the pool is short and not held off."""
+        held_off = time.monotonic() - self._held_off_at < REFILL_AFTER_SECONDS
+        return len(self._idle) < self.size and not held_off
 
     def hold_off(self) -> None:
         """A run starts: no refill for REFILL_AFTER_SECONDS, so that a new runner neither takes
@@ -146,16 +152,15 @@ class WarmPool:
     def refill(self, free_cpus: float, head: Any) -> None:
         """Start runners up to the pool's size with `free_cpus` (free to Ray and to the
         dispatcher's count of the running jobs' needs); relays on the head."""
-        self._drop_failed()
-        if time.monotonic() - self._held_off_at < REFILL_AFTER_SECONDS:
-            return
-        while len(self._idle) < self.size and free_cpus >= WARM_CPUS:
+        self.drop_failed()
+        while self.wants_runners and free_cpus >= WARM_CPUS:
             free_cpus -= WARM_CPUS
             relay = Relay.options(scheduling_strategy=head).remote()
             runner = start_warm_runner(WARM_CPUS)
             self._idle.append(Warm(runner, relay, runner.__ray_ready__.remote()))
 
-    def _drop_failed(self) -> None:
+    def drop_failed(self) -> None:
+        """Forget (and kill) idle runners that died: a lost node, a failed warm-up."""
         failed = [warm for warm in self._idle if warm.failed()]
         self._idle = [warm for warm in self._idle if warm not in failed]
         _kill(failed)
